@@ -1,0 +1,38 @@
+# Line Inspector - `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ENGINES ?= engines/default
+SEED ?= 0
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[build,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its build and dev extras (CPU torch)
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check inspector engines calibration tests
+	$(VENV)/bin/ruff format --check inspector engines calibration tests
+	$(VENV)/bin/mypy
+
+format: $(STAMP) ## apply ruff's formatter and safe fixes
+	$(VENV)/bin/ruff format inspector engines calibration tests
+	$(VENV)/bin/ruff check --fix inspector engines calibration tests
+
+test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
+	$(PY) -m pytest
+
+engines: $(STAMP) ## train, export, calibrate and evaluate the shipped default engine set (about 45 min on 2 cores)
+	$(VENV)/bin/inspector-build all --profile default --seed $(SEED) --out $(ENGINES)
+
+.PHONY: help venv lint format test engines

@@ -1,0 +1,192 @@
+"""``inspector-build`` (or ``python -m engines``): train, export, calibrate and evaluate engine sets.
+
+Typical use::
+
+    inspector-build all --out engines/default            # what `make engines` runs
+    inspector-build train --stage defect --data /data/casting_data --out build/myline
+    inspector-build package --checkpoints build/default --out engines/default
+    inspector-build evaluate --engines engines/default
+
+Checkpoints go to ``--checkpoints`` (default ``build/<profile>``); an engine set
+(ONNX files, manifest.json, report.json, report.md, figures/) goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from engines.profiles import PROFILES, get_profile
+
+STAGES = ("noise", "denoise", "defect")
+log = logging.getLogger("engines")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        default="default",
+        choices=sorted(PROFILES),
+        help="model sizes and training schedule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (the seeded impeller generator) or a folder <root>/<split>/<class>/*.png|jpg",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="master seed: data splits, initialisation, sampling (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoints", type=Path, default=None, help="checkpoint folder (default: build/<profile>)"
+    )
+    p.add_argument(
+        "--train-frames", type=int, default=None, help="override the profile's number of training frames"
+    )
+    p.add_argument(
+        "--test-frames", type=int, default=None, help="override the profile's number of test frames"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inspector-build",
+        description="Line Inspector build step: train the three stages, export ONNX engines, calibrate the "
+        "decision threshold and evaluate, from synthetic impeller frames or your own folder of images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Typical use::", 1)[1] if __doc__ else None,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one stage or all three into the checkpoint folder")
+    _common(p)
+    p.add_argument(
+        "--stage", choices=(*STAGES, "all"), default="all", help="which stage to train (default: all)"
+    )
+
+    p = sub.add_parser(
+        "package", help="export checkpoints to ONNX, calibrate the threshold, evaluate, write the manifest"
+    )
+    _common(p)
+    p.add_argument(
+        "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
+    )
+    p.add_argument(
+        "--escape-rate",
+        type=float,
+        default=0.005,
+        help="target escape rate for the threshold (default: %(default)s)",
+    )
+
+    p = sub.add_parser("all", help="train all stages, then package: what `make engines` runs")
+    _common(p)
+    p.add_argument(
+        "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
+    )
+    p.add_argument(
+        "--escape-rate",
+        type=float,
+        default=0.005,
+        help="target escape rate for the threshold (default: %(default)s)",
+    )
+
+    p = sub.add_parser(
+        "evaluate", help="re-run the evaluation of an existing engine set and rewrite its report"
+    )
+    _common(p)
+    p.add_argument("--engines", type=Path, required=True, help="engine set folder (with manifest.json)")
+
+    p = sub.add_parser("export", help="export one checkpoint to ONNX and check parity with ONNX Runtime")
+    p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    return parser
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    return args.checkpoints if args.checkpoints is not None else Path("build") / args.profile
+
+
+def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -> dict[str, dict]:
+    from engines import train as tr
+    from engines.data import load_split
+
+    profile = get_profile(args.profile, train_frames=args.train_frames)
+    progress = not args.quiet
+    ckdir = checkpoint_dir(args)
+    t0 = time.time()
+    train = load_split(args.data, "train", profile.train_frames, args.seed, progress)
+    val = load_split(args.data, "val", profile.val_frames, args.seed, progress)
+    results: dict[str, dict] = {}
+    for stage in stages:
+        out = ckdir / f"{stage}.pt"
+        print(
+            f"training stage {stage!r} ({profile.name} profile, {len(train.frames)} frames, seed {args.seed}) -> {out}",
+            flush=True,
+        )
+        if stage == "noise":
+            results[stage] = tr.train_noise(train.frames, val.frames, profile, args.seed + 1, out, progress)
+        elif stage == "denoise":
+            results[stage] = tr.train_denoise(train.frames, val.frames, profile, args.seed + 2, out, progress)
+        else:
+            results[stage] = tr.train_defect(
+                train.frames, train.labels, val.frames, val.labels, profile, args.seed + 3, out, progress
+            )
+        summary = {k: v for k, v in results[stage].items() if k != "history"}
+        print(f"  {stage}: {summary}", flush=True)
+    print(f"trained {', '.join(stages)} in {time.time() - t0:.0f} s", flush=True)
+    (ckdir / "train_command.txt").write_text(command + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engines.train import CheckpointError
+    from inspector.folder import DatasetError
+    from inspector.manifest import ManifestError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = "inspector-build " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    try:
+        if args.cmd == "train":
+            cmd_train(args, STAGES if args.stage == "all" else (args.stage,), command)
+        elif args.cmd in ("package", "all"):
+            from engines.package import package
+
+            if args.cmd == "all":
+                cmd_train(args, STAGES, command)
+            package(args, command)
+        elif args.cmd == "evaluate":
+            from engines.package import reevaluate
+
+            reevaluate(args)
+        elif args.cmd == "export":
+            from engines.export import export_onnx, parity
+            from engines.train import load_checkpoint
+
+            model, _ = load_checkpoint(args.checkpoint, args.stage)
+            export_onnx(model, args.out)
+            diff = parity(model, args.out, args.stage)
+            print(f"exported {args.stage} to {args.out} (max |torch - onnxruntime| = {diff:.2e})")
+    except (DatasetError, CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
+        print(f"inspector-build: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("inspector-build: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Turn trained checkpoints into a shipped engine set.
+
+export (ONNX + parity) -> calibrate the threshold on the calibration split
+(through the full pipeline, on a mix of clean and noisy frames) -> evaluate
+on the test split -> manifest.json, report.json, report.md, figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.threshold import calibrate, plot_calibration
+from engines import evaluate as ev
+from engines.data import load_split, synthetic_seed
+from engines.export import export_onnx, parity
+from engines.models import count_flops, gflop, param_count
+from engines.profiles import Profile, get_profile
+from engines.report import render_markdown
+from engines.train import STAGE_ARCH, load_checkpoint
+from inspector import noise as nz
+from inspector.engines import open_engine
+from inspector.manifest import InputSpec, Manifest, StageEntry, load_manifest, sha256_file, write_manifest
+from inspector.pipeline import Pipeline
+
+OUTPUT_DESC = {
+    "noise": "logits (N, 4) over classes",
+    "denoise": "denoised frames, uint8 (N, 1, H, W)",
+    "defect": "logits (N, 2) over classes; score = softmax[:, 1]",
+}
+CLASSES = {"noise": list(nz.NOISE_TYPES), "denoise": [], "defect": ["ok", "defective"]}
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in (
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "opencv-python-headless",
+        "scikit-image",
+        "line-inspector",
+    ):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def calibration_frames(frames: np.ndarray, seed: int) -> np.ndarray:
+    """The calibration split as the line sees it: frame i clean if i % 4 == 0, else a noise type at a training-range level."""
+    out = frames.copy()
+    for i in range(len(frames)):
+        kind = nz.NOISE_TYPES[i % 4]
+        out[i] = nz.apply_random(frames[i], kind, np.random.default_rng([seed, 900, i]))
+    return out
+
+
+def _stage_entries(ckdir: Path, out: Path, profile: Profile) -> dict[str, StageEntry]:
+    import torch
+
+    entries = {}
+    example = torch.zeros((1, 1, 300, 300), dtype=torch.uint8)
+    for stage in ("noise", "denoise", "defect"):
+        model, ckpt = load_checkpoint(ckdir / f"{stage}.pt", stage)
+        path = out / f"{stage}.onnx"
+        print(f"exporting {stage} -> {path}", flush=True)
+        export_onnx(model, path)
+        diff = parity(model, path, stage)
+        cfg = ckpt["config"]
+        entries[stage] = StageEntry(
+            stage=stage,  # type: ignore[arg-type]
+            file=path.name,
+            sha256=sha256_file(path),
+            arch=STAGE_ARCH[stage],
+            classes=CLASSES[stage],
+            input=InputSpec(resize_to=cfg.get("input_size")),
+            output=OUTPUT_DESC[stage],
+            params=param_count(model),
+            gflop_per_frame=gflop(count_flops(model, example)),
+            config=cfg,
+            training={**{k: v for k, v in ckpt["info"].items()}, "parity_max_abs_diff": diff},
+        )
+    return entries
+
+
+def package(args: argparse.Namespace, command: str) -> Manifest:
+    t0 = time.time()
+    profile = get_profile(args.profile, train_frames=args.train_frames, test_frames=args.test_frames)
+    progress = not args.quiet
+    ckdir = args.checkpoints if args.checkpoints is not None else Path("build") / args.profile
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    entries = _stage_entries(ckdir, out, profile)
+    engines = {s: open_engine("onnxruntime", out / e.file, s) for s, e in entries.items()}
+    pipe = Pipeline(engines, threshold=0.5)
+
+    calib = load_split(args.data, "calib", profile.calib_frames, args.seed, progress)
+    cal_frames = calibration_frames(calib.frames, args.seed)
+    cal_scores = ev.batched(
+        lambda b: np.array([r.score for r in pipe.run(b)]), cal_frames, desc="calibration", progress=progress
+    )
+    cal = calibrate(calib.labels, cal_scores, args.escape_rate)
+    pipe.threshold = cal["threshold"]
+    figdir = out / "figures"
+    plot_calibration(calib.labels, cal_scores, cal["threshold"], figdir)
+    print(
+        f"threshold {cal['threshold']:.5f} for escape target {args.escape_rate}: "
+        f"calibration false reject rate {cal['calibration_metrics']['false_reject_rate']:.4f}",
+        flush=True,
+    )
+
+    report = evaluate_set(pipe, args.data, profile, args.seed, figdir, progress)
+    budget = {
+        "clean_frame": round(entries["noise"].gflop_per_frame + entries["defect"].gflop_per_frame, 4),
+        "noisy_frame": round(sum(e.gflop_per_frame for e in entries.values()), 4),
+        "limit_clean_frame": 2.5,
+        "limit_noisy_frame": 6.0,
+    }
+    report["budget_gflop"] = budget
+    report["calibration"] = {
+        **cal,
+        "split": f"synthetic seed {synthetic_seed(args.seed, 'calib')}"
+        if args.data == "synthetic"
+        else "carved from train",
+        "n": len(calib.labels),
+        "mix": "frame i: clean if i % 4 == 0, else gaussian / salt_pepper / periodic at a training-range level",
+    }
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    prior = [c for c in _prior_commands(ckdir) if c != command]
+    manifest = Manifest(
+        model_version=f"{profile.name}-s{args.seed}-{created[:10]}",
+        profile=profile.name,
+        created=created,
+        command=" && ".join([*prior, command]) if prior else command,
+        seed=args.seed,
+        data=args.data,
+        threshold=cal["threshold"],
+        escape_target=args.escape_rate,
+        stages=entries,
+        budget_gflop=budget,
+        calibration={k: v for k, v in report["calibration"].items() if k != "calibration_metrics"}
+        | {"metrics": cal["calibration_metrics"]},
+        metrics=summary_metrics(report),
+        versions=library_versions(),
+        git_revision=git_revision(),
+    )
+    report["manifest"] = {
+        "model_version": manifest.model_version,
+        "command": manifest.command,
+        "seed": manifest.seed,
+        "profile": profile.to_dict(),
+    }
+    report["elapsed_seconds"] = round(time.time() - t0, 1)
+    write_manifest(out, manifest)
+    write_report(out, report)
+    pipe.close()
+    print(f"engine set written to {out} in {time.time() - t0:.0f} s", flush=True)
+    return manifest
+
+
+def _prior_commands(ckdir: Path) -> list[str]:
+    marker = ckdir / "train_command.txt"
+    return [marker.read_text().strip()] if marker.is_file() else []
+
+
+def evaluate_set(
+    pipe: Pipeline, data: str, profile: Profile, seed: int, figdir: Path, progress: bool
+) -> dict[str, Any]:
+    test = load_split(data, "test", profile.test_frames, seed, progress)
+    figdir.mkdir(parents=True, exist_ok=True)
+    noise_rep, sets = ev.evaluate_noise_types(pipe, test.frames, seed, progress)
+    n_tune = min(20, max(len(test.frames) // 10, 2))
+    n_eval = min(profile.eval_denoise_frames, len(test.frames) - n_tune)
+    den_rep, examples = ev.evaluate_denoising(pipe, test.frames, sets, n_eval, n_tune, progress)
+    def_rep = ev.evaluate_defects(pipe, test.frames, test.labels, sets, progress)
+    ev.plot_confusions(noise_rep, figdir / "noise_confusion.png")
+    if examples:
+        ev.plot_examples(examples, figdir / "denoise_examples.png")
+    ev.plot_defects(def_rep, figdir / "defect_accuracy.png")
+    return {
+        "test_split": {
+            "data": data,
+            "generator_seed": synthetic_seed(seed, "test") if data == "synthetic" else None,
+            "frames": len(test.frames),
+            "defective": int(test.labels.sum()),
+        },
+        "noise_type": noise_rep,
+        "denoising": den_rep,
+        "defect": def_rep,
+        "latency_ms_per_frame_batch8": ev.stage_latency(pipe, test.frames),
+    }
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    d = report["defect"]["rows"]
+    den = report["denoising"]
+    return {
+        "noise_type_accuracy_main_levels": {
+            k: v["accuracy"] for k, v in report["noise_type"]["levels"].items() if v["main"]
+        },
+        "denoise_ssim_main_levels": {
+            k: v["methods"][v["ours"]]["ssim_mean"] for k, v in den.items() if v["main"]
+        },
+        "defect_accuracy_clean": d["clean (classifier only)"]["accuracy"],
+        "defect_accuracy_mixed_noisy_raw": d["mixed noise without denoising"]["accuracy"],
+        "defect_accuracy_mixed_noisy_pipeline": d["mixed noise full pipeline"]["accuracy"],
+        "gap_recovery": report["defect"]["gap_recovery"],
+        "test_frames": report["test_split"]["frames"],
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+
+
+def reevaluate(args: argparse.Namespace) -> None:
+    root: Path = args.engines
+    manifest = load_manifest(root)
+    profile = get_profile(manifest.profile, test_frames=args.test_frames)
+    pipe = Pipeline.from_manifest(root)
+    report = json.loads((root / "report.json").read_text()) if (root / "report.json").is_file() else {}
+    report.update(evaluate_set(pipe, manifest.data, profile, manifest.seed, root / "figures", not args.quiet))
+    write_report(root, report)
+    pipe.close()
+    print(f"report rewritten in {root}")

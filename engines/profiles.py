@@ -1,0 +1,107 @@
+"""Model profiles: sizes, data volumes and training schedules of each engine set.
+
+``default`` ships in ``engines/default/`` (compact, trained on two CPU cores in
+well under an hour); ``paper`` is the study's scale (full-width VGG16 at
+224x224; train it on a GPU); ``tiny`` exists for the tests (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    noise_width: float
+    noise_size: int
+    defect_width: float
+    defect_size: int
+    ae_channels: tuple[int, ...]
+    train_frames: int
+    val_frames: int
+    calib_frames: int
+    test_frames: int
+    noise_epochs: int
+    defect_epochs: int
+    ae_steps: int
+    ae_patch: int
+    batch: int
+    ae_batch: int
+    patience: int
+    eval_denoise_frames: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        name="default",
+        noise_width=0.125,
+        noise_size=128,
+        defect_width=0.125,
+        defect_size=150,
+        ae_channels=(16, 32, 48, 64),
+        train_frames=6000,
+        val_frames=600,
+        calib_frames=2000,
+        test_frames=2000,
+        noise_epochs=5,
+        defect_epochs=10,
+        ae_steps=5000,
+        ae_patch=96,
+        batch=32,
+        ae_batch=16,
+        patience=3,
+        eval_denoise_frames=500,
+    ),
+    "paper": Profile(
+        name="paper",
+        noise_width=1.0,
+        noise_size=224,
+        defect_width=1.0,
+        defect_size=224,
+        ae_channels=(32, 64, 128, 256),
+        train_frames=20000,
+        val_frames=2000,
+        calib_frames=4000,
+        test_frames=4000,
+        noise_epochs=20,
+        defect_epochs=30,
+        ae_steps=40000,
+        ae_patch=128,
+        batch=32,
+        ae_batch=16,
+        patience=5,
+        eval_denoise_frames=1000,
+    ),
+    "tiny": Profile(
+        name="tiny",
+        noise_width=0.0625,
+        noise_size=64,
+        defect_width=0.0625,
+        defect_size=64,
+        ae_channels=(4, 8, 8, 8),
+        train_frames=48,
+        val_frames=16,
+        calib_frames=32,
+        test_frames=32,
+        noise_epochs=1,
+        defect_epochs=1,
+        ae_steps=3,
+        ae_patch=48,
+        batch=16,
+        ae_batch=4,
+        patience=1,
+        eval_denoise_frames=8,
+    ),
+}
+
+
+def get_profile(name: str, **overrides: Any) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PROFILES[name], **clean)

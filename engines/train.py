@@ -1,0 +1,357 @@
+"""Training loops for the three stages, apart from the models they train.
+
+Each ``train_*`` function takes data arrays and a :class:`~engines.profiles.Profile`,
+trains with a seeded generator, validates every epoch, keeps the best weights
+(early stopping), shows a progress bar, and writes a checkpoint that loads with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from engines.models import DefectNet, DenoiseAE, NoiseTypeNet
+from engines.profiles import Profile
+from inspector import noise as nz
+
+STAGE_ARCH = {"noise": "vgg16-fft", "denoise": "unet-ae", "defect": "vgg16"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or for another stage."""
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def build_model(stage: str, config: dict[str, Any]) -> nn.Module:
+    if stage == "noise":
+        return NoiseTypeNet(width=config["width"], input_size=config["input_size"])
+    if stage == "defect":
+        return DefectNet(width=config["width"], input_size=config["input_size"])
+    if stage == "denoise":
+        return DenoiseAE(channels=tuple(config["channels"]))
+    raise ValueError(f"unknown stage {stage!r}; expected noise, denoise or defect")
+
+
+def stage_config(stage: str, profile: Profile) -> dict[str, Any]:
+    if stage == "noise":
+        return {"width": profile.noise_width, "input_size": profile.noise_size}
+    if stage == "defect":
+        return {"width": profile.defect_width, "input_size": profile.defect_size}
+    return {"channels": list(profile.ae_channels)}
+
+
+def save_checkpoint(
+    path: Path, stage: str, config: dict[str, Any], model: nn.Module, info: dict[str, Any]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "stage": stage,
+            "arch": STAGE_ARCH[stage],
+            "config": config,
+            "state_dict": model.state_dict(),
+            "info": info,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | Path, stage: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint of ``stage`` (weights only); a clear error for a wrong or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(ckpt, dict) or "stage" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a Line Inspector checkpoint")
+    if ckpt["stage"] != stage:
+        raise CheckpointError(f"{str(path)!r} is a checkpoint for stage {ckpt['stage']!r}, not {stage!r}")
+    model = build_model(stage, ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def _augment_geometry(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips and quarter turns of (N, H, W) frames (the part has no preferred orientation)."""
+    out = np.empty_like(batch)
+    for i, f in enumerate(batch):
+        f = np.rot90(f, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            f = f[:, ::-1]
+        out[i] = f
+    return out
+
+
+def _to_input(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch[:, None]))
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    warm = max(total // 50, 1)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1))) + base * 0.01
+
+
+def _predict(model: nn.Module, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            outs.append(model(_to_input(frames[i : i + batch])).numpy())
+    return np.concatenate(outs)
+
+
+def noisy_copies(
+    frames: np.ndarray, seed: int, kinds: tuple[str, ...] = nz.NOISE_TYPES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame with a noise type drawn from ``kinds`` at a training-range level; returns frames, type ids."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(len(kinds), size=len(frames))
+    out = np.stack([nz.apply_random(f, kinds[t], rng) for f, t in zip(frames, types, strict=True)])
+    ids = np.array([nz.NOISE_TYPES.index(kinds[t]) for t in types], np.int64)
+    return out, ids
+
+
+def _classifier_loop(
+    stage: str,
+    model: nn.Module,
+    make_batch: Any,
+    n_train: int,
+    val: tuple[np.ndarray, np.ndarray],
+    profile: Profile,
+    epochs: int,
+    rng: np.random.Generator,
+    out: Path,
+    config: dict[str, Any],
+    lr: float = 2e-3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    steps_per_epoch = max(n_train // profile.batch, 1)
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    best = (-1.0, math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    history = []
+    stale = 0
+    step = 0
+    t0 = time.time()
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(n_train)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{stage} epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        running = 0.0
+        for b in bar:
+            idx = order[b * profile.batch : (b + 1) * profile.batch]
+            x, y = make_batch(idx)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, lr)
+            loss = F.cross_entropy(model(_to_input(x)), torch.from_numpy(y), label_smoothing=0.02)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+        logits = _predict(model, val[0])
+        val_loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val[1])))
+        acc = float((logits.argmax(1) == val[1]).mean())
+        history.append({"epoch": epoch + 1, "val_accuracy": acc, "val_loss": val_loss, "train_loss": running})
+        if progress:
+            tqdm.write(f"{stage}: epoch {epoch + 1} val accuracy {acc:.4f} val loss {val_loss:.4f}")
+        if (acc, -val_loss) > (best[0], -best[1]):
+            best = (acc, val_loss)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stale = 0
+        else:
+            stale += 1
+            if stale >= profile.patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    info = {
+        "val_accuracy": best[0],
+        "val_loss": best[1],
+        "epochs_run": len(history),
+        "history": history,
+        "train_seconds": round(time.time() - t0, 1),
+        "train_frames": n_train,
+    }
+    save_checkpoint(out, stage, config, model, info)
+    return info
+
+
+def train_noise(
+    train: np.ndarray, val: np.ndarray, profile: Profile, seed: int, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Stage 1 on clean frames with noise drawn per sample from the training ranges (4 classes, balanced)."""
+    rng = seed_everything(seed)
+    config = stage_config("noise", profile)
+    model = NoiseTypeNet(**config)
+    val_x, val_y = noisy_copies(val, seed + 1)
+
+    def make_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        frames = _augment_geometry(train[idx], rng)
+        types = rng.integers(len(nz.NOISE_TYPES), size=len(idx))
+        x = np.stack([nz.apply_random(f, nz.NOISE_TYPES[t], rng) for f, t in zip(frames, types, strict=True)])
+        return x, types.astype(np.int64)
+
+    return _classifier_loop(
+        "noise",
+        model,
+        make_batch,
+        len(train),
+        (val_x, val_y),
+        profile,
+        profile.noise_epochs,
+        rng,
+        out,
+        config,
+        progress=progress,
+    )
+
+
+def train_defect(
+    train: np.ndarray,
+    labels: np.ndarray,
+    val: np.ndarray,
+    val_labels: np.ndarray,
+    profile: Profile,
+    seed: int,
+    out: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage 3 on clean frames, with flips, quarter turns and mild sensor noise and blur.
+
+    The mild noise and blur stand in for what a denoiser leaves behind, so the
+    classifier does not learn to rely on a pristine surface.
+    """
+    import cv2
+
+    rng = seed_everything(seed)
+    config = stage_config("defect", profile)
+    model = DefectNet(**config)
+
+    def make_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        frames = _augment_geometry(train[idx], rng)
+        for i in range(len(frames)):
+            r = rng.random()
+            if r < 0.25:
+                frames[i] = nz.gaussian(frames[i], rng.uniform(1, 6), rng)
+            elif r < 0.4:
+                frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.4, 0.9))
+        return frames, labels[idx]
+
+    return _classifier_loop(
+        "defect",
+        model,
+        make_batch,
+        len(train),
+        (val, val_labels),
+        profile,
+        profile.defect_epochs,
+        rng,
+        out,
+        config,
+        progress=progress,
+    )
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def train_denoise(
+    train: np.ndarray, val: np.ndarray, profile: Profile, seed: int, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Stage 2: MSE on (noisy, clean) patches; Gaussian and periodic noise, with some clean patches."""
+    rng = seed_everything(seed)
+    config = stage_config("denoise", profile)
+    model = DenoiseAE(channels=tuple(config["channels"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    p = profile.ae_patch
+    h, w = train.shape[1:]
+    # Validation: full frames at the two main AE-routed levels, fixed for the whole run.
+    vrng = np.random.default_rng(seed + 7)
+    nval = min(len(val), 48)
+    val_levels = [lv for lv in nz.REPORT_LEVELS if lv.main and lv.kind in ("gaussian", "periodic")]
+    val_noisy = np.stack([nz.apply_level(val[i], val_levels[i % len(val_levels)], vrng) for i in range(nval)])
+    val_clean = val[:nval]
+
+    def evaluate() -> float:
+        den = _predict(model, val_noisy, batch=8)[:, 0]
+        return float(np.mean([psnr(d, c) for d, c in zip(den, val_clean, strict=True)]))
+
+    best_psnr = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    history = []
+    check_every = max(profile.ae_steps // 10, 1)
+    t0 = time.time()
+    bar = tqdm(range(profile.ae_steps), desc="denoise", disable=not progress)
+    running = 0.0
+    for step in bar:
+        model.train()
+        noisy_b, clean_b = [], []
+        for _ in range(profile.ae_batch):
+            f = train[int(rng.integers(len(train)))]
+            r = rng.random()
+            kind = "gaussian" if r < 0.45 else "periodic" if r < 0.9 else "clean"
+            n = nz.apply_random(f, kind, rng)
+            y0 = int(rng.integers(h - p + 1))
+            x0 = int(rng.integers(w - p + 1))
+            k = int(rng.integers(4))
+            noisy_b.append(np.rot90(n[y0 : y0 + p, x0 : x0 + p], k))
+            clean_b.append(np.rot90(f[y0 : y0 + p, x0 : x0 + p], k))
+        xn = torch.from_numpy(np.stack(noisy_b)[:, None].astype(np.float32) / 255)
+        xc = torch.from_numpy(np.stack(clean_b)[:, None].astype(np.float32) / 255)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, profile.ae_steps, 2e-3)
+        loss = F.mse_loss(model.denoise_float(xn), xc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        bar.set_postfix(mse=f"{running:.5f}")
+        if (step + 1) % check_every == 0 or step + 1 == profile.ae_steps:
+            v = evaluate()
+            history.append({"step": step + 1, "val_psnr": round(v, 3), "train_mse": running})
+            if progress:
+                tqdm.write(f"denoise: step {step + 1} val PSNR {v:.2f} dB")
+            if v > best_psnr:
+                best_psnr = v
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    info = {
+        "val_psnr": best_psnr,
+        "steps": profile.ae_steps,
+        "patch": p,
+        "history": history,
+        "train_seconds": round(time.time() - t0, 1),
+        "train_frames": len(train),
+    }
+    save_checkpoint(out, "denoise", config, model, info)
+    return info

@@ -1,0 +1,125 @@
+"""The engine-set manifest: the sidecar that makes an engine set self-describing.
+
+``manifest.json`` sits beside the engine files. It records, per stage, the file
+and its sha256, classes, input spec, FLOP count and parameters, plus the
+decision threshold, training metrics, the exact build command and seed, and
+library versions. The daemon refuses an engine set whose files do not match
+their hashes, with a message that says how to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+STAGES = ("noise", "denoise", "defect")
+
+
+class ManifestError(ValueError):
+    """A missing, malformed or mismatched manifest, with what to do about it."""
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dtype: Literal["uint8"] = "uint8"
+    layout: str = Field(
+        "NCHW", description="(batch, channel=1, height, width); batch, height and width are dynamic"
+    )
+    frame_size: tuple[int, int] = Field((300, 300), description="the frame size the stage was trained on")
+    resize_to: int | None = Field(None, description="square size the graph resizes to internally, if any")
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: Literal["noise", "denoise", "defect"]
+    file: str
+    sha256: str
+    arch: str
+    classes: list[str] = Field(default_factory=list)
+    input: InputSpec = Field(default_factory=InputSpec)
+    output: str
+    params: int
+    gflop_per_frame: float
+    config: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: int = MANIFEST_FORMAT
+    model_version: str
+    profile: str
+    created: str
+    command: str
+    seed: int
+    data: str
+    frame_size: int = 300
+    threshold: float = Field(
+        description="defect score (softmax probability of 'defective') at or above which a part is rejected"
+    )
+    escape_target: float
+    salt_pepper_filter: str = "adaptive_median"
+    stages: dict[str, StageEntry]
+    budget_gflop: dict[str, float] = Field(default_factory=dict)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    git_revision: str = "unknown"
+
+    def stage_path(self, root: Path, stage: str) -> Path:
+        return root / self.stages[stage].file
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
+    """Read ``root/manifest.json``; with ``verify``, check every stage file's presence and sha256."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(
+            f"no {MANIFEST_NAME} in {str(root)!r}: build an engine set with `make engines` (or `inspector-build all --out DIR`)"
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ManifestError(f"{str(path)!r} is not a valid manifest: {exc}") from exc
+    if manifest.format != MANIFEST_FORMAT:
+        raise ManifestError(
+            f"{str(path)!r} has manifest format {manifest.format}, this daemon reads {MANIFEST_FORMAT}: rebuild the engines"
+        )
+    missing = [s for s in STAGES if s not in manifest.stages]
+    if missing:
+        raise ManifestError(f"{str(path)!r} lacks stage(s) {', '.join(missing)}")
+    if verify:
+        for name, entry in manifest.stages.items():
+            f = root / entry.file
+            if not f.is_file():
+                raise ManifestError(
+                    f"stage {name!r}: engine file {str(f)!r} is missing: rebuild with `make engines`"
+                )
+            digest = sha256_file(f)
+            if digest != entry.sha256:
+                raise ManifestError(
+                    f"stage {name!r}: {str(f)!r} has sha256 {digest[:12]}..., the manifest says {entry.sha256[:12]}...: "
+                    "the file was changed or belongs to another build; rebuild with `make engines`"
+                )
+    return manifest
+
+
+def write_manifest(root: str | Path, manifest: Manifest) -> Path:
+    path = Path(root) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n")
+    return path
