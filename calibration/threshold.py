@@ -68,7 +68,7 @@ def plot_calibration(labels: np.ndarray, scores: np.ndarray, threshold: float, o
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 1, 51)
+    bins = np.linspace(0, 1, 51).tolist()
     ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"ok (n={int((~labels).sum())})")
     ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"defective (n={int(labels.sum())})")
     ax.axvline(threshold, color="r", ls="--", label=f"threshold {threshold:.4f}")

@@ -102,6 +102,11 @@ class LogMagnitudeSpectrum(nn.Module):
     Im F = C X S^T + S X C^T. This exports to every runtime (no DFT op needed).
     """
 
+    c: torch.Tensor
+    s: torch.Tensor
+    ct: torch.Tensor
+    st: torch.Tensor
+
     def __init__(self, n: int) -> None:
         super().__init__()
         c, s = dft_matrices(n)

@@ -96,7 +96,7 @@ def _stage_entries(ckdir: Path, out: Path, profile: Profile) -> dict[str, StageE
         diff = parity(model, path, stage)
         cfg = ckpt["config"]
         entries[stage] = StageEntry(
-            stage=stage,  # type: ignore[arg-type]
+            stage=stage,
             file=path.name,
             sha256=sha256_file(path),
             arch=STAGE_ARCH[stage],

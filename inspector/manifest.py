@@ -29,10 +29,14 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dtype: Literal["uint8"] = "uint8"
     layout: str = Field(
-        "NCHW", description="(batch, channel=1, height, width); batch, height and width are dynamic"
+        default="NCHW", description="(batch, channel=1, height, width); batch, height and width are dynamic"
     )
-    frame_size: tuple[int, int] = Field((300, 300), description="the frame size the stage was trained on")
-    resize_to: int | None = Field(None, description="square size the graph resizes to internally, if any")
+    frame_size: tuple[int, int] = Field(
+        default=(300, 300), description="the frame size the stage was trained on"
+    )
+    resize_to: int | None = Field(
+        default=None, description="square size the graph resizes to internally, if any"
+    )
 
 
 class StageEntry(BaseModel):
@@ -42,7 +46,7 @@ class StageEntry(BaseModel):
     sha256: str
     arch: str
     classes: list[str] = Field(default_factory=list)
-    input: InputSpec = Field(default_factory=InputSpec)
+    input: InputSpec = Field(default_factory=lambda: InputSpec())
     output: str
     params: int
     gflop_per_frame: float

@@ -1,0 +1,168 @@
+"""The build step end to end on the tiny profile: train, export, calibrate, evaluate, manifest; and its CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engines.export import PARITY_ATOL, export_onnx, parity
+from engines.models import DenoiseAE, NoiseTypeNet
+from inspector.manifest import ManifestError, load_manifest, sha256_file
+from inspector.pipeline import Pipeline
+
+
+def test_engine_set_is_complete_and_self_describing(tiny_engines: Path):
+    m = load_manifest(tiny_engines)
+    assert set(m.stages) == {"noise", "denoise", "defect"}
+    for entry in m.stages.values():
+        assert sha256_file(tiny_engines / entry.file) == entry.sha256
+        assert entry.gflop_per_frame > 0 and entry.params > 0
+        assert entry.training["parity_max_abs_diff"] <= PARITY_ATOL[entry.stage]
+    assert m.stages["noise"].classes == ["clean", "gaussian", "salt_pepper", "periodic"]
+    assert m.seed == 3 and "inspector-build all --profile tiny" in m.command
+    assert {"torch", "onnxruntime", "numpy"} <= set(m.versions)
+    assert 0.0 <= m.threshold <= 1.0
+    report = json.loads((tiny_engines / "report.json").read_text())
+    assert len(report["noise_type"]["levels"]) == 8
+    assert {"noisy input", "median 3x3"} <= set(report["denoising"]["gaussian@25"]["methods"])
+    assert "mixed noise full pipeline" in report["defect"]["rows"]
+    md = (tiny_engines / "report.md").read_text()
+    assert "## Defect detection" in md and "| method | PSNR | SSIM |" in md
+    for fig in (
+        "noise_confusion",
+        "denoise_examples",
+        "defect_accuracy",
+        "calibration_roc",
+        "calibration_scores",
+    ):
+        assert (tiny_engines / "figures" / f"{fig}.png").stat().st_size > 1000
+
+
+def test_onnx_takes_dynamic_batch_and_uint8(tiny_engines: Path):
+    sess = ort.InferenceSession(str(tiny_engines / "noise.onnx"), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.type == "tensor(uint8)"
+    for n in (1, 5):
+        out = sess.run(None, {"frames": np.zeros((n, 1, 300, 300), np.uint8)})[0]
+        assert out.shape == (n, 4)
+
+
+def test_pipeline_runs_on_the_built_set(tiny_engines: Path, frames):
+    pipe = Pipeline.from_manifest(tiny_engines)
+    results = pipe.run(frames[0][:5])
+    assert len(results) == 5
+    for r in results:
+        assert r.noise_type in ("clean", "gaussian", "salt_pepper", "periodic")
+        assert 0.0 <= r.score <= 1.0 and r.defective == (r.score >= pipe.threshold)
+    pipe.close()
+
+
+def test_tampered_engine_is_refused(tiny_engines: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "set"
+    shutil.copytree(tiny_engines, copy)
+    with open(copy / "defect.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ManifestError, match="rebuild"):
+        load_manifest(copy)
+
+
+def test_parity_check_catches_a_mismatch(tmp_path: Path):
+    net = NoiseTypeNet(0.0625, 64).eval()
+    path = export_onnx(net, tmp_path / "n.onnx")
+    assert parity(net, path, "noise") <= PARITY_ATOL["noise"]
+    with torch.no_grad():
+        net.backbone.head[-1].bias.add_(1.0)  # the torch model now differs from the file
+    with pytest.raises(RuntimeError, match="parity failed"):
+        parity(net, path, "noise")
+
+
+def test_autoencoder_export_keeps_any_frame_size(tmp_path: Path):
+    ae = DenoiseAE((4, 8, 8, 8)).eval()
+    path = export_onnx(ae, tmp_path / "ae.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 256, (2, 1, 240, 320), dtype=np.uint8)
+    got = sess.run(None, {"frames": x})[0]
+    want = ae(torch.from_numpy(x)).numpy()
+    assert got.shape == x.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _assert_one_line_error(res: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("inspector-build: error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_cli_missing_folder(tmp_path: Path):
+    _assert_one_line_error(
+        _cli("train", "--profile", "tiny", "--data", str(tmp_path / "absent"), "--quiet"), "does not exist"
+    )
+
+
+def test_cli_empty_class_and_unreadable_image(tmp_path: Path):
+    (tmp_path / "train" / "ok_front").mkdir(parents=True)
+    (tmp_path / "train" / "def_front").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "def_front" / "a.png"), np.zeros((300, 300), np.uint8))
+    _assert_one_line_error(
+        _cli("train", "--profile", "tiny", "--data", str(tmp_path), "--quiet"), "holds no images"
+    )
+    (tmp_path / "train" / "ok_front" / "b.png").write_bytes(b"garbage")
+    _assert_one_line_error(
+        _cli("train", "--profile", "tiny", "--data", str(tmp_path), "--quiet"), "cannot read image"
+    )
+
+
+def test_cli_wrong_checkpoint_for_stage(tiny_engines: Path, tmp_path: Path):
+    ck = tiny_engines.parent / "ck" / "noise.pt"
+    _assert_one_line_error(
+        _cli("export", "--stage", "defect", "--checkpoint", str(ck), "--out", str(tmp_path / "x.onnx")),
+        "for stage 'noise', not 'defect'",
+    )
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    _assert_one_line_error(
+        _cli("export", "--stage", "defect", "--checkpoint", str(junk), "--out", str(tmp_path / "x.onnx")),
+        "cannot read checkpoint",
+    )
+
+
+def test_cli_trains_on_a_folder_dataset(tmp_path: Path):
+    from inspector.synthetic import ImpellerGenerator
+
+    g = ImpellerGenerator(seed=9)
+    for split, n in (("train", 40), ("test", 12)):
+        for i in range(n):
+            s = g.sample(i + (1000 if split == "test" else 0), defective=bool(i % 2))
+            folder = tmp_path / "data" / split / ("def_front" if s.defective else "ok_front")
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{i}.jpeg"), s.image)
+    res = _cli(
+        "train",
+        "--profile",
+        "tiny",
+        "--stage",
+        "defect",
+        "--data",
+        str(tmp_path / "data"),
+        "--checkpoints",
+        str(tmp_path / "ck"),
+        "--quiet",
+    )
+    assert res.returncode == 0, res.stderr
+    assert torch.load(tmp_path / "ck" / "defect.pt", weights_only=True)["stage"] == "defect"

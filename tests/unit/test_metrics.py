@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from calibration.metrics import binary_metrics, roc_auc
+from calibration.threshold import calibrate, threshold_for_escape
+
+
+def _auc_brute(labels, scores):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_matches_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # rounding makes ties
+    assert roc_auc(labels, scores) == pytest.approx(_auc_brute(labels, scores))
+
+
+def test_binary_metrics_counts():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.4, 0.2, 0.1, 0.6, 0.3, 0.2])
+    m = binary_metrics(labels, scores, 0.5)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2, 2, 1, 3)
+    assert m["sensitivity"] == 0.5 and m["specificity"] == 0.75
+    assert m["escape_rate"] == 0.5 and m["false_reject_rate"] == 0.25
+    assert m["accuracy"] == 5 / 8
+
+
+@pytest.mark.parametrize("target", [0.0, 0.005, 0.05, 0.2])
+def test_threshold_meets_escape_target(target):
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(1000, int), np.zeros(1000, int)]
+    scores = np.r_[rng.beta(5, 2, 1000), rng.beta(2, 5, 1000)]
+    t = threshold_for_escape(labels, scores, target)
+    m = binary_metrics(labels, scores, t)
+    assert m["escape_rate"] <= target + 1e-12
+    # and it is the tightest such threshold: one notch higher escapes more than allowed
+    higher = np.sort(scores[labels == 1])
+    nxt = higher[higher > t]
+    if len(nxt):
+        assert binary_metrics(labels, scores, float(nxt[0]))["escape_rate"] > target
+
+
+def test_calibrate_reports_false_reject_rate_and_rejects_bad_targets():
+    labels = np.array([1, 1, 0, 0])
+    out = calibrate(labels, np.array([0.9, 0.7, 0.8, 0.1]), 0.0)
+    assert out["threshold"] == 0.7
+    assert out["calibration_metrics"]["false_reject_rate"] == 0.5
+    with pytest.raises(ValueError):
+        threshold_for_escape(labels, np.zeros(4), 1.5)
+    with pytest.raises(ValueError, match="no defective"):
+        threshold_for_escape(np.zeros(4, int), np.zeros(4), 0.01)
