@@ -1,0 +1,294 @@
+"""``inspector``: the daemon and its companions.
+
+  inspector serve                 run the daemon (systemd runs this)
+  inspector check-config          validate the configuration, print each error with its key path
+  inspector camera                a simulated camera: synthetic impellers or a folder of images
+  inspector listen                print verdicts as a PLC bridge sees them, or a live summary
+  inspector demo                  daemon + camera + listener together, then a summary
+
+Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
+if present) < environment (INSPECTOR_SECTION__KEY=value) < --set section.key=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from inspector.config import ConfigError, load_settings
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, default=None, help="TOML file (default: config/inspector.toml if present)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set batching.max_batch=16 (repeatable; highest precedence)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inspector", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the inspection daemon in the foreground")
+    _config_args(p)
+
+    p = sub.add_parser("check-config", help="validate the configuration; exit 1 listing every bad key")
+    _config_args(p)
+    p.add_argument("--show", action="store_true", help="print the effective configuration as JSON")
+
+    p = sub.add_parser("camera", help="simulated camera over the real protocol")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:5555",
+        help="the daemon's ingest endpoint (default: %(default)s)",
+    )
+    p.add_argument("--camera-id", default="cam0")
+    p.add_argument("--count", type=int, default=1000, help="frames to send (default: %(default)s)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        help="frames per second; 0 = as fast as possible (default: %(default)s)",
+    )
+    p.add_argument(
+        "--folder", type=Path, default=None, help="send the images of this folder instead of synthetic frames"
+    )
+    p.add_argument(
+        "--defect-rate",
+        type=float,
+        default=0.2,
+        help="synthetic: share of defective parts (default: %(default)s)",
+    )
+    p.add_argument(
+        "--noise-mix",
+        default="clean=0.7,gaussian=0.1,salt_pepper=0.1,periodic=0.1",
+        help="synthetic: noise types and weights (default: %(default)s)",
+    )
+    p.add_argument("--encoding", choices=("raw", "png", "jpeg"), default="raw")
+    p.add_argument("--seed", type=int, default=2024)
+
+    p = sub.add_parser("listen", help="subscribe to verdicts and print them")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:5556",
+        help="the daemon's publish endpoint (default: %(default)s)",
+    )
+    p.add_argument(
+        "--summary", action="store_true", help="a live one-line summary per second instead of every verdict"
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+
+    p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
+    p.add_argument(
+        "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
+    )
+    p.add_argument("--count", type=int, default=600, help="frames to send (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=40.0, help="frames per second (default: %(default)s)")
+    p.add_argument("--defect-rate", type=float, default=0.3)
+    p.add_argument("--noise-mix", default="clean=0.55,gaussian=0.15,salt_pepper=0.15,periodic=0.15")
+    p.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        s = load_settings(args.config, args.overrides)
+    except ConfigError as exc:
+        for e in exc.errors:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    from inspector.manifest import ManifestError, load_manifest
+
+    try:
+        m = load_manifest(s.engines.path)
+        print(
+            f"engines: {s.engines.path} ({m.model_version}, threshold {s.engines.threshold or m.threshold:.5f})"
+        )
+    except ManifestError as exc:
+        print(f"error: engines.path: {exc}", file=sys.stderr)
+        return 1
+    if args.show:
+        print(json.dumps(s.model_dump(mode="json"), indent=2))
+    print("configuration OK")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        s = load_settings(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"inspector: {exc}", file=sys.stderr)
+        return 2
+    from inspector.supervisor import serve
+
+    return serve(s, args.config, args.overrides)
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    from inspector import noise as nz
+    from inspector.camera import folder_shots, run_camera, synthetic_shots
+
+    shots = (
+        folder_shots(args.folder)
+        if args.folder
+        else synthetic_shots(args.seed, args.defect_rate, nz.parse_mix(args.noise_mix))
+    )
+    r = run_camera(
+        args.endpoint, shots, args.count, args.rate, args.camera_id, args.encoding, keep_truth=False
+    )
+    print(
+        f"sent {r.sent} frames in {r.seconds:.1f} s ({r.sent / max(r.seconds, 1e-9):.1f} frames/s) to {args.endpoint}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from inspector import noise as nz
+    from inspector.camera import run_camera, synthetic_shots
+    from inspector.listen import Listener
+    from inspector.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.engines)
+        mix = nz.parse_mix(args.noise_mix)
+    except (ManifestError, ValueError) as exc:
+        print(f"inspector demo: {exc}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="inspector-demo-"))
+    ingest, publish = f"ipc://{tmp}/frames.sock", f"ipc://{tmp}/verdicts.sock"
+    log_path = tmp / "daemon.log"
+    cmd = [
+        sys.executable, "-m", "inspector", "serve",
+        "--set", f"engines.path={args.engines}",
+        "--set", f"ingest.endpoint={ingest}",
+        "--set", f"publish.endpoint={publish}",
+        "--set", "metrics.port=0",
+        "--set", "publish.heartbeat_interval_s=0.25",
+    ]  # fmt: skip
+    print(f"starting the daemon on {args.engines} ({manifest.model_version}); log: {log_path}", flush=True)
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    listener = Listener(publish).start()
+    try:
+        t0 = time.monotonic()
+        while not any(h.get("ready") for h in listener.heartbeats):
+            if daemon.poll() is not None:
+                print(
+                    f"inspector demo: the daemon exited with {daemon.returncode}; see {log_path}",
+                    file=sys.stderr,
+                )
+                print(log_path.read_text()[-2000:], file=sys.stderr)
+                return 1
+            if time.monotonic() - t0 > 180:
+                print("inspector demo: daemon not ready after 180 s", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        print(
+            f"daemon ready in {time.monotonic() - t0:.1f} s; camera sends {args.count} frames at {args.rate:g}/s "
+            f"(defect rate {args.defect_rate}, noise mix {args.noise_mix})",
+            flush=True,
+        )
+        shots = synthetic_shots(args.seed, args.defect_rate, mix)
+        report = run_camera(ingest, shots, args.count, args.rate, "demo-cam")
+        listener.wait_for(report.sent, timeout=60)
+        time.sleep(0.3)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            code = daemon.wait()
+        listener.close()
+    print(render_demo_summary(report, listener.verdicts, listener.gaps, code))
+    return 0 if code == 0 else 1
+
+
+def render_demo_summary(report, verdicts, gaps: int, exit_code: int) -> str:  # type: ignore[no-untyped-def]
+    from collections import Counter
+
+    import numpy as np
+
+    by_id: dict[object, list[dict]] = {}
+    for v in verdicts:
+        by_id.setdefault(v["frame_id"], []).append(v)
+    missing = [f for f in report.truth if f not in by_id]
+    dupes = [f for f, vs in by_id.items() if len(vs) > 1]
+    kinds = Counter(v["verdict"] for v in verdicts)
+    inspected = [
+        (report.truth[f], vs[0])
+        for f, vs in by_id.items()
+        if f in report.truth and vs[0]["verdict"] in ("PASS", "FAIL")
+    ]
+    correct = sum((v["verdict"] == "FAIL") == shot.defective for shot, v in inspected)
+    escapes = sum(shot.defective and v["verdict"] == "PASS" for shot, v in inspected)
+    false_rej = sum((not shot.defective) and v["verdict"] == "FAIL" for shot, v in inspected)
+    n_def = sum(shot.defective for shot, _ in inspected)
+    noise_ok = sum(v["noise_type"] == shot.noise for shot, v in inspected)
+    lat = np.array([v["latency_ms"]["total"] for v in verdicts])
+    span = (
+        (max(v["published_ns"] for v in verdicts) - min(v["published_ns"] for v in verdicts)) / 1e9
+        if len(verdicts) > 1
+        else 0
+    )
+    n = max(len(inspected), 1)
+    lines = [
+        "",
+        "Line Inspector demo summary",
+        "---------------------------",
+        f"frames sent              {report.sent} in {report.seconds:.1f} s",
+        f"verdicts received        {len(verdicts)}  (missing {len(missing)}, duplicated {len(dupes)}, seq gaps {gaps})",
+        "verdicts by kind         "
+        + ", ".join(f"{k} {kinds.get(k, 0)}" for k in ("PASS", "FAIL", "ERROR", "TIMEOUT", "DROPPED")),
+        f"defect accuracy          {correct / n * 100:.2f}% of {len(inspected)} inspected frames (simulator ground truth)",
+        f"escapes / false rejects  {escapes} of {n_def} defective passed, {false_rej} of {len(inspected) - n_def} good rejected",
+        f"noise type accuracy      {noise_ok / n * 100:.2f}%",
+        f"throughput               {len(verdicts) / span:.1f} verdicts/s"
+        if span
+        else "throughput               n/a",
+        f"latency (receipt->out)   p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms"
+        if len(lat)
+        else "latency n/a",
+        f"daemon exit code         {exit_code} (SIGTERM, drained)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "serve":
+        return cmd_serve(args)
+    if args.cmd == "check-config":
+        return cmd_check_config(args)
+    if args.cmd == "camera":
+        return cmd_camera(args)
+    if args.cmd == "listen":
+        from inspector.listen import listen_forever
+
+        return listen_forever(args.endpoint, args.summary, duration=args.duration)
+    if args.cmd == "demo":
+        return cmd_demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Typed configuration: defaults < TOML file < environment (``INSPECTOR_...``, nested with ``__``) < command line.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is
+an error naming its path (``inspector check-config`` prints them all) rather
+than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("config/inspector.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(_Section):
+    endpoint: str = Field(
+        default="tcp://127.0.0.1:5555", description="where cameras send frames (loopback by default)"
+    )
+    socket: Literal["pull", "sub"] = Field(
+        default="pull", description="pull: cameras PUSH (back-pressure, no silent loss); sub: cameras PUB"
+    )
+    bind: bool = Field(default=True, description="bind the endpoint (true) or connect to it (false)")
+    rcvhwm: int = Field(default=1000, ge=1, description="ZeroMQ receive high-water mark, in messages")
+    max_payload_bytes: int = Field(
+        default=4 << 20, ge=1024, description="larger payloads get an ERROR verdict (payload_too_large)"
+    )
+    min_side: int = Field(default=32, ge=8, description="smallest accepted image side, pixels")
+    max_side: int = Field(default=4096, ge=32, description="largest accepted image side, pixels")
+
+
+class PublishConfig(_Section):
+    endpoint: str = Field(
+        default="tcp://127.0.0.1:5556",
+        description="where bridges subscribe to verdicts (loopback by default)",
+    )
+    bind: bool = Field(default=True, description="bind the endpoint (true) or connect to it (false)")
+    sndhwm: int = Field(
+        default=100_000,
+        ge=1,
+        description="PUB high-water mark; ZeroMQ PUB drops silently past it, so keep it large",
+    )
+    heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="heartbeat period; bridges fail safe when it goes quiet"
+    )
+    linger_ms: int = Field(
+        default=1000, ge=0, description="how long close() may flush already-decided verdicts at shutdown"
+    )
+
+
+class BatchingConfig(_Section):
+    max_batch: int = Field(default=8, ge=1, le=256, description="flush a batch at this many frames")
+    max_delay_ms: float = Field(
+        default=10.0, ge=0, description="flush when the oldest frame has waited this long"
+    )
+    deadline_ms: float = Field(
+        default=2000.0, gt=0, description="a frame without a verdict this long after receipt gets TIMEOUT"
+    )
+    queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="bound of the ingest -> inference queue; when full, new frames are DROPPED",
+    )
+
+
+class RingConfig(_Section):
+    slots: int = Field(
+        default=128,
+        ge=2,
+        description="frames in the shared-memory ring; when none is free, new frames are DROPPED",
+    )
+
+
+class EnginesConfig(_Section):
+    path: Path = Field(default=Path("engines/default"), description="engine set folder (with manifest.json)")
+    backend: str = Field(default="onnxruntime", description="engine backend (see inspector.engines.BACKENDS)")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per engine; 0 = one per core"
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="override the manifest's calibrated defect threshold"
+    )
+    warmup_batches: int = Field(default=2, ge=0, description="batches run at start-up before READY")
+
+
+class SupervisorConfig(_Section):
+    max_restarts: int = Field(
+        default=5, ge=0, description="worker restarts allowed per window before the daemon gives up"
+    )
+    restart_window_s: float = Field(default=60.0, gt=0, description="the window for max_restarts")
+    drain_timeout_s: float = Field(
+        default=10.0, gt=0, description="on SIGTERM, how long workers may take to drain"
+    )
+    ready_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long engines may take to load and warm up"
+    )
+
+
+class MetricsConfig(_Section):
+    enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz over HTTP")
+    host: str = Field(default="127.0.0.1", description="HTTP listen address")
+    port: int = Field(default=9108, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    json_lines: bool = Field(
+        default=True, description="JSON lines on stdout (journald); false for a console format"
+    )
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INSPECTOR_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    daemon_id: str = Field(
+        default_factory=socket.gethostname, description="this daemon's name in verdicts and heartbeats"
+    )
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    ring: RingConfig = Field(default_factory=RingConfig)
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    _toml_file: ClassVar[Path | None] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.ingest.min_side > self.ingest.max_side:
+            raise ValueError("ingest.min_side is larger than ingest.max_side")
+        if self.ingest.endpoint == self.publish.endpoint:
+            raise ValueError("ingest.endpoint and publish.endpoint must differ")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``errors`` holds one 'key.path: message' line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["batching.max_batch=16", "engines.path=/x"]`` -> nested dict (values validated by the models)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"--set {item!r}: expected KEY.PATH=VALUE"])
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"--set {item!r}: {p} is not a section"])
+        node[parts[-1]] = value
+    return out
+
+
+def load_settings(config: Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Build the settings from all sources; raises :class:`ConfigError` listing every bad key path."""
+    path = config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None and not Path(path).is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    init = parse_overrides(overrides or [])
+    Settings._toml_file = Path(path) if path is not None else None
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(settings)"
+            errors.append(f"{loc}: {e['msg']}")
+        raise ConfigError(errors) from None
+    except Exception as exc:  # e.g. a TOML syntax error
+        raise ConfigError([f"{path}: {exc}"]) from None
+    finally:
+        Settings._toml_file = None
+
+
+def env_keys() -> list[str]:
+    return sorted(k for k in os.environ if k.startswith("INSPECTOR_"))

@@ -1,0 +1,199 @@
+"""Inference: latency-bounded dynamic batching over the three-stage pipeline.
+
+A batch is flushed when it holds ``max_batch`` frames or when its oldest frame
+has waited ``max_delay_ms`` since receipt (Triton's dynamic batcher and
+DeepStream's nvstreammux work the same way). A frame past its deadline before
+or after inference gets TIMEOUT, never a late PASS. An engine failure turns
+the batch into ERROR verdicts; it never kills the worker. On SIGHUP the
+supervisor bumps a generation counter and this worker loads the new engines
+and batching settings between two batches; frames keep queueing meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from inspector import metrics
+from inspector.config import Settings
+from inspector.pipeline import Pipeline
+from inspector.protocol import Verdict
+from inspector.synthetic import ImpellerGenerator
+from inspector.workers.base import Worker, endpoint, now_ns
+
+Job = tuple[int, int, dict[str, Any], int, int, int]
+
+
+def load_pipeline(settings: Settings) -> Pipeline:
+    e = settings.engines
+    return Pipeline.from_manifest(
+        e.path, backend=e.backend, threshold=e.threshold, intra_op_threads=e.intra_op_threads
+    )
+
+
+class InferenceWorker(Worker):
+    role = "inference"
+
+    def setup(self) -> None:
+        from inspector.ring import SlotRing
+
+        self.m = metrics.get()
+        self.ring = SlotRing.attach(self.spec.ring_name, self.spec.ring_slots, *self.spec.frame_size)
+        rd = self.spec.runtime_dir
+        self.jobs = self.ctx.socket(zmq.PULL)
+        self.jobs.setsockopt(zmq.RCVHWM, self.settings.batching.queue_size)
+        self.jobs.setsockopt(zmq.LINGER, 0)
+        self.jobs.bind(endpoint(rd, "jobs"))
+        self.results = self.ctx.socket(zmq.PUSH)
+        self.results.setsockopt(zmq.LINGER, 2000)
+        self.results.connect(endpoint(rd, "results"))
+        self.reload_gen = int(self.shared.reload_gen.value)
+        self.pipeline = load_pipeline(self.settings)
+        self._warm_up(self.pipeline)
+        self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
+        self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
+        self.shared.ready.value = 1
+        self.log.info(
+            "engines ready",
+            model_version=self.model_version,
+            threshold=self.pipeline.threshold,
+            path=str(self.settings.engines.path),
+        )
+
+    def _warm_up(self, pipe: Pipeline) -> None:
+        n = self.settings.batching.max_batch
+        frames, _ = ImpellerGenerator(seed=99).batch(0, n)
+        for _ in range(self.settings.engines.warmup_batches):
+            # Route every stage once: clean frames, then the autoencoder and the median on the same batch.
+            pipe.run(frames)
+            pipe.denoise(frames, np.array([1, 2] * n)[:n])
+
+    def _maybe_reload(self) -> None:
+        gen = int(self.shared.reload_gen.value)
+        if gen == self.reload_gen:
+            return
+        self.reload_gen = gen
+        try:
+            data = json.loads(Path(self.spec.settings_file).read_text())
+            new_settings = Settings(**data)
+            new_pipe = load_pipeline(new_settings)
+            self._warm_up(new_pipe)
+        except Exception as exc:
+            self.log.error("reload failed; keeping the engines in use", error=str(exc))
+            return
+        old = self.pipeline
+        self.pipeline, self.settings = new_pipe, new_settings
+        self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
+        old.close()
+        self.log.info("reloaded", model_version=self.model_version, threshold=new_pipe.threshold)
+
+    def _collect(self) -> list[Job]:
+        b = self.settings.batching
+        if not self.jobs.poll(50):
+            return []
+        batch: list[Job] = [self.jobs.recv_pyobj()]
+        flush_at = batch[0][3] + int(b.max_delay_ms * 1e6)
+        while len(batch) < b.max_batch:
+            try:
+                batch.append(self.jobs.recv_pyobj(zmq.NOBLOCK))
+                continue
+            except zmq.Again:
+                pass
+            wait_ms = (flush_at - now_ns()) / 1e6
+            if wait_ms <= 0:
+                break
+            self.jobs.poll(math.ceil(wait_ms))
+        return batch
+
+    def _send(
+        self, job: Job, verdict: Verdict, reason: str | None, extra: dict[str, Any] | None = None
+    ) -> None:
+        ticket, slot, meta, t_recv, _deadline, _gen = job
+        msg = {
+            "kind": "verdict",
+            "ticket": ticket,
+            "slot": slot,
+            "meta": meta,
+            "t_recv": t_recv,
+            "verdict": verdict.value,
+            "reason": reason,
+        }
+        if extra:
+            msg.update(extra)
+        self.results.send_pyobj(msg)
+
+    def run_loop(self) -> bool:
+        self.shared.progress.value += 1
+        self._maybe_reload()
+        batch = self._collect()
+        if not batch:
+            return not self.stop_requested
+        self._process(batch)
+        return True
+
+    def _process(self, batch: list[Job]) -> None:
+        ingest_gen = int(self.shared.ingest_gen.value)
+        t_start = now_ns()
+        live: list[Job] = []
+        for job in batch:
+            if job[5] != ingest_gen:
+                self._send(job, Verdict.ERROR, "ingest worker restarted before this frame was inspected")
+            elif t_start > job[4]:
+                self.m.timeouts.labels("queue").inc()
+                self._send(job, Verdict.TIMEOUT, "deadline passed while queued")
+            else:
+                live.append(job)
+        if live:
+            self._infer(live, t_start)
+
+    def _infer(self, live: list[Job], t_start: int) -> None:
+        frames = self.ring.frames[[j[1] for j in live]]  # fancy indexing copies out of the ring
+        self.m.batch.observe(len(live))
+        try:
+            results = self.pipeline.run(frames)
+        except Exception as exc:  # an engine failure rejects the batch, it never kills the worker
+            self.log.error("engine failure", error=str(exc), batch=len(live))
+            for job in live:
+                self._send(job, Verdict.ERROR, f"engine failure: {exc}")
+            return
+        t_done = now_ns()
+        self.shared.processed.value += len(live)
+        stage_ms = results[0].stage_ms
+        for stage, ms in stage_ms.items():
+            self.m.stage_ms.labels(stage).observe(ms)
+        for job, r in zip(live, results, strict=True):
+            extra = {
+                "defect_score": r.score,
+                "threshold": self.pipeline.threshold,
+                "noise_type": r.noise_type,
+                "noise_confidence": r.noise_confidence,
+                "denoiser": r.denoiser,
+                "latency_ms": {"queue": (t_start - job[3]) / 1e6, **stage_ms},
+                "model_version": self.model_version,
+            }
+            if t_done > job[4]:
+                self.m.timeouts.labels("inference").inc()
+                self._send(job, Verdict.TIMEOUT, "deadline passed during inference", extra)
+            else:
+                self._send(job, Verdict.FAIL if r.defective else Verdict.PASS, None, extra)
+
+    def teardown(self) -> None:
+        # Drain: whatever is still queued is answered before exit (the supervisor stopped ingest first).
+        deadline = time.monotonic() + self.settings.supervisor.drain_timeout_s
+        while time.monotonic() < deadline:
+            batch = self._collect()
+            if not batch:
+                break
+            self._process(batch)
+        self.shared.ready.value = 0
+        self.pipeline.close()
+        self.jobs.close(0)
+        self.results.close(2000)
+        self.ring.close()
+        self.log.info("inference stopped")

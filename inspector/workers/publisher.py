@@ -1,0 +1,214 @@
+"""Publisher: the single place verdicts leave the daemon, and the keeper of "exactly one per frame".
+
+Every accepted frame is *pending* here from its ``accepted`` note until its
+verdict is published. The first verdict for a ticket is published with the
+next ``seq``; any later one (a stale result after the frame was already
+answered) is counted and dropped. The publisher also answers for frames no
+one else will: when the supervisor reports the inference worker dead, every
+pending frame gets ERROR; a pending frame past its deadline (plus a grace)
+gets TIMEOUT. Publishing a verdict frees the frame's ring slot. Heartbeats go
+out every ``heartbeat_interval_s`` so bridges can fail safe on silence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import zmq
+
+from inspector import metrics
+from inspector.protocol import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_VERDICT, Verdict, encode_message
+from inspector.workers.base import Worker, endpoint, now_ns
+
+ANSWERED_MEMORY = 1 << 18  # tickets remembered as answered, to drop stale duplicates
+
+
+class PublisherWorker(Worker):
+    role = "publisher"
+
+    def setup(self) -> None:
+        s = self.settings
+        self.m = metrics.get()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, s.publish.sndhwm)
+        self.pub.setsockopt(zmq.LINGER, s.publish.linger_ms)
+        if s.publish.bind:
+            self.pub.bind(s.publish.endpoint)
+        else:
+            self.pub.connect(s.publish.endpoint)
+        rd = self.spec.runtime_dir
+        self.inbox = self.ctx.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.bind(endpoint(rd, "results"))
+        self.free = self.ctx.socket(zmq.PUSH)
+        self.free.setsockopt(zmq.LINGER, 1000)
+        self.free.connect(endpoint(rd, "free"))
+        self.gen = int(self.shared.ingest_gen.value)
+        self.backlog: list[tuple[str, int, list[int]]] = [
+            ("reseed", self.gen, list(range(self.spec.ring_slots)))
+        ]
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.answered: OrderedDict[int, None] = OrderedDict()
+        self.seq = 0
+        self.duplicates = 0
+        self.started = time.monotonic()
+        self.next_heartbeat = 0.0
+        self.next_sweep = 0.0
+        self.grace_ns = int(max(s.batching.deadline_ms * 0.25, 250) * 1e6)
+        self.log.info("publishing", endpoint=s.publish.endpoint)
+
+    def run_loop(self) -> bool:
+        if self.inbox.poll(20):
+            for _ in range(1024):
+                try:
+                    msg = self.inbox.recv_pyobj(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if not self.handle(msg):
+                    return False
+        self.flush_free()
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.sweep()
+            self.next_sweep = now + 0.05
+        if now >= self.next_heartbeat:
+            self.heartbeat()
+            self.next_heartbeat = now + self.settings.publish.heartbeat_interval_s
+        self.m.queue.labels("pending").set(len(self.pending))
+        return True
+
+    def handle(self, msg: dict[str, Any]) -> bool:
+        kind = msg["kind"]
+        if kind == "accepted":
+            if msg["ticket"] not in self.answered:
+                self.pending[msg["ticket"]] = msg
+        elif kind == "verdict":
+            self.publish(msg)
+        elif kind == "worker_died":
+            self.log.error("answering for frames in flight", role=msg["role"], pending=len(self.pending))
+            for p in list(self.pending.values()):
+                self.publish(
+                    {
+                        **p,
+                        "kind": "verdict",
+                        "verdict": Verdict.ERROR.value,
+                        "reason": f"{msg['role']} worker died; frame not inspected",
+                    }
+                )
+        elif kind == "reseed":
+            # A new ingest worker: every slot not held by a pending frame is free, under the new generation.
+            self.gen = msg["gen"]
+            held = {p["slot"] for p in self.pending.values()}
+            self.backlog = [("reseed", self.gen, [s for s in range(self.spec.ring_slots) if s not in held])]
+            self.flush_free()
+        elif kind == "stop":
+            for p in list(self.pending.values()):
+                self.publish(
+                    {
+                        **p,
+                        "kind": "verdict",
+                        "verdict": Verdict.ERROR.value,
+                        "reason": "daemon shut down before this frame was inspected",
+                    }
+                )
+            return False
+        return True
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        ticket = msg["ticket"]
+        if ticket in self.answered:
+            self.duplicates += 1
+            return
+        pend = self.pending.pop(ticket, None)
+        slot = msg.get("slot") if msg.get("slot") is not None else (pend or {}).get("slot")
+        self.answered[ticket] = None
+        if len(self.answered) > ANSWERED_MEMORY:
+            self.answered.popitem(last=False)
+        verdict = Verdict(msg["verdict"])
+        t_pub = now_ns()
+        total_ms = (t_pub - msg["t_recv"]) / 1e6
+        latency = dict(msg.get("latency_ms") or {})
+        latency["total"] = total_ms
+        meta = msg.get("meta") or {}
+        self.seq += 1
+        body = {
+            "type": "verdict",
+            "v": PROTOCOL_VERSION,
+            "seq": self.seq,
+            "daemon_id": self.settings.daemon_id,
+            "camera_id": meta.get("camera_id"),
+            "frame_id": meta.get("frame_id"),
+            "encoder": meta.get("encoder"),
+            "ts_ns": meta.get("ts_ns"),
+            "verdict": verdict.value,
+            "reject": verdict.reject,
+            "reason": msg.get("reason"),
+            "defect_score": msg.get("defect_score"),
+            "threshold": msg.get("threshold"),
+            "noise_type": msg.get("noise_type"),
+            "noise_confidence": msg.get("noise_confidence"),
+            "denoiser": msg.get("denoiser"),
+            "latency_ms": latency,
+            "model_version": msg.get("model_version", self.spec.model_version),
+            "published_ns": time.time_ns(),
+        }
+        self.pub.send_multipart(encode_message(TOPIC_VERDICT, body))
+        self.m.verdicts.labels(verdict.value).inc()
+        self.m.e2e_ms.observe(total_ms)
+        if slot is not None:
+            self.backlog.append(("free", self.gen, [slot]))
+        if verdict in (Verdict.ERROR, Verdict.TIMEOUT, Verdict.DROPPED):
+            self.log.debug(
+                "reject",
+                verdict=verdict.value,
+                reason=body["reason"],
+                camera_id=body["camera_id"],
+                frame_id=body["frame_id"],
+            )
+
+    def flush_free(self) -> None:
+        """Give freed slots back to ingest; kept here while no ingest is connected."""
+        while self.backlog:
+            try:
+                self.free.send_pyobj(self.backlog[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.backlog.pop(0)
+
+    def sweep(self) -> None:
+        """TIMEOUT for pending frames past deadline + grace with no verdict from anyone."""
+        t = now_ns()
+        for p in [p for p in self.pending.values() if t > p["deadline"] + self.grace_ns]:
+            self.m.timeouts.labels("publisher").inc()
+            self.publish(
+                {
+                    **p,
+                    "kind": "verdict",
+                    "verdict": Verdict.TIMEOUT.value,
+                    "reason": "no result before the deadline",
+                }
+            )
+
+    def heartbeat(self) -> None:
+        body = {
+            "type": "heartbeat",
+            "v": PROTOCOL_VERSION,
+            "daemon_id": self.settings.daemon_id,
+            "ts_ns": time.time_ns(),
+            "last_seq": self.seq,
+            "pending": len(self.pending),
+            "ready": bool(self.shared.ready.value and self.shared.ingest_ready.value),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "interval_s": self.settings.publish.heartbeat_interval_s,
+            "model_version": self.spec.model_version,
+        }
+        self.pub.send_multipart(encode_message(TOPIC_HEARTBEAT, body))
+
+    def teardown(self) -> None:
+        self.heartbeat()
+        self.log.info("publisher stopped", published=self.seq, stale_duplicates_dropped=self.duplicates)
+        self.inbox.close(0)
+        self.free.close(0)
+        self.pub.close(self.settings.publish.linger_ms)
