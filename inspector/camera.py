@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -72,7 +73,7 @@ def run_camera(
     keep_truth: bool = True,
 ) -> CameraReport:
     """Send ``count`` shots at ``rate`` frames/s (0 = as fast as the socket takes them) over PUSH."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.setsockopt(zmq.LINGER, 5000)

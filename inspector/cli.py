@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from inspector.config import ConfigError, load_settings
 
@@ -222,12 +223,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if code == 0 else 1
 
 
-def render_demo_summary(report, verdicts, gaps: int, exit_code: int) -> str:  # type: ignore[no-untyped-def]
+def render_demo_summary(report: Any, verdicts: list[dict[str, Any]], gaps: int, exit_code: int) -> str:
     from collections import Counter
 
     import numpy as np
 
-    by_id: dict[object, list[dict]] = {}
+    by_id: dict[object, list[dict[str, Any]]] = {}
     for v in verdicts:
         by_id.setdefault(v["frame_id"], []).append(v)
     missing = [f for f in report.truth if f not in by_id]

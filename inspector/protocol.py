@@ -120,17 +120,17 @@ def parse_header(raw: bytes) -> FrameHeader:
         raise ProtocolError("bad_header", f"{loc}: {first['msg']}", _ids(obj)) from None
 
 
-def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.ndarray]:
+def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.ndarray[Any, Any]]:
     """Validate a ``[header, payload]`` message and decode its image to (H, W) uint8."""
     if len(parts) != 2:
-        header = {}
+        known: dict[str, Any] = {}
         if parts:
             try:
-                header = _ids(json.loads(parts[0].decode("utf-8")))
+                known = _ids(json.loads(parts[0].decode("utf-8")))
             except (UnicodeDecodeError, json.JSONDecodeError):
-                header = {}
+                known = {}
         raise ProtocolError(
-            "bad_framing", f"expected 2 message parts [header, payload], got {len(parts)}", header
+            "bad_framing", f"expected 2 message parts [header, payload], got {len(parts)}", known
         )
     header = parse_header(parts[0])
     ids = header.model_dump(include={"camera_id", "frame_id", "encoder", "ts_ns"})
@@ -151,18 +151,21 @@ def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.nd
                 f"raw payload of {len(payload)} bytes does not match shape {h}x{w} uint8",
                 ids,
             )
-        img = np.frombuffer(payload, np.uint8).reshape(h, w)
+        img: np.ndarray[Any, Any] = np.frombuffer(payload, np.uint8).reshape(h, w)
     else:
         buf = np.frombuffer(payload, np.uint8)
-        img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if len(buf) else None
-        if img is None:
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if len(buf) else None
+        if decoded is None or decoded.dtype != np.uint8:
             raise ProtocolError(
                 "undecodable_image", f"{header.encoding} payload of {len(payload)} bytes does not decode", ids
             )
-        if img.shape != (h, w):
+        if decoded.shape != (h, w):
             raise ProtocolError(
-                "shape_mismatch", f"decoded image is {img.shape[0]}x{img.shape[1]}, header says {h}x{w}", ids
+                "shape_mismatch",
+                f"decoded image is {decoded.shape[0]}x{decoded.shape[1]}, header says {h}x{w}",
+                ids,
             )
+        img = decoded
     return header, img
 
 

@@ -9,6 +9,7 @@ its frame can still be read.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from multiprocessing import resource_tracker, shared_memory
 
@@ -24,10 +25,8 @@ class SlotRing:
         if not create:
             # Python < 3.13 registers attached segments with the resource tracker, which would
             # unlink the creator's segment when this worker exits. The supervisor owns it.
-            try:
+            with contextlib.suppress(Exception):  # best effort: only the tracker's bookkeeping
                 resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
-            except Exception:
-                pass
         self.frames = np.ndarray((slots, height, width), np.uint8, buffer=self.shm.buf)
         self.name = self.shm.name
 
@@ -47,7 +46,5 @@ class SlotRing:
         self.frames = None  # type: ignore[assignment]
         self.shm.close()
         if self._owner:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
-            except FileNotFoundError:
-                pass

@@ -5,14 +5,16 @@ has waited ``max_delay_ms`` since receipt (Triton's dynamic batcher and
 DeepStream's nvstreammux work the same way). A frame past its deadline before
 or after inference gets TIMEOUT, never a late PASS. An engine failure turns
 the batch into ERROR verdicts; it never kills the worker. On SIGHUP the
-supervisor bumps a generation counter and this worker loads the new engines
-and batching settings between two batches; frames keep queueing meanwhile.
+supervisor bumps a generation counter; this worker builds and warms the new
+pipeline in a thread while the old one keeps serving, then swaps them between
+two batches, so a reload drops nothing.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ class InferenceWorker(Worker):
         self.results.setsockopt(zmq.LINGER, 2000)
         self.results.connect(endpoint(rd, "results"))
         self.reload_gen = int(self.shared.reload_gen.value)
+        self._loader: threading.Thread | None = None
+        self._loaded: tuple[Settings, Pipeline] | None = None
         self.pipeline = load_pipeline(self.settings)
         self._warm_up(self.pipeline)
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
@@ -75,23 +79,35 @@ class InferenceWorker(Worker):
             pipe.denoise(frames, np.array([1, 2] * n)[:n])
 
     def _maybe_reload(self) -> None:
+        """Build the new pipeline in a thread while this one keeps serving; swap between two batches."""
         gen = int(self.shared.reload_gen.value)
-        if gen == self.reload_gen:
+        if gen != self.reload_gen and self._loader is None:
+            self.reload_gen = gen
+            self._loaded = None
+            self._loader = threading.Thread(target=self._load_new, name="reload", daemon=True)
+            self._loader.start()
+        if self._loader is None or self._loader.is_alive():
             return
-        self.reload_gen = gen
-        try:
-            data = json.loads(Path(self.spec.settings_file).read_text())
-            new_settings = Settings(**data)
-            new_pipe = load_pipeline(new_settings)
-            self._warm_up(new_pipe)
-        except Exception as exc:
-            self.log.error("reload failed; keeping the engines in use", error=str(exc))
-            return
+        self._loader = None
+        if self._loaded is None:
+            return  # the loader logged why
+        new_settings, new_pipe = self._loaded
+        self._loaded = None
         old = self.pipeline
         self.pipeline, self.settings = new_pipe, new_settings
         self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
         old.close()
         self.log.info("reloaded", model_version=self.model_version, threshold=new_pipe.threshold)
+
+    def _load_new(self) -> None:
+        try:
+            data = json.loads(Path(self.spec.settings_file).read_text())
+            new_settings = Settings(**data)
+            new_pipe = load_pipeline(new_settings)
+            self._warm_up(new_pipe)
+            self._loaded = (new_settings, new_pipe)
+        except Exception as exc:
+            self.log.error("reload failed; keeping the engines in use", error=str(exc))
 
     def _collect(self) -> list[Job]:
         b = self.settings.batching

@@ -1,0 +1,166 @@
+"""Start the real daemon as a process and drive it from outside through its sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from inspector.listen import Listener
+from inspector.protocol import encode_frame
+
+
+def children(pid: int) -> list[int]:
+    """Direct child pids of ``pid`` (from /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        tmp: Path,
+        engines: Path,
+        sets: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.ingest = f"ipc://{tmp}/frames.sock"
+        self.publish = f"ipc://{tmp}/verdicts.sock"
+        self.log_path = tmp / "daemon.log"
+        cmd = [sys.executable, "-m", "inspector", "serve"]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        for s in [
+            f"engines.path={engines}",
+            f"ingest.endpoint={self.ingest}",
+            f"publish.endpoint={self.publish}",
+            "metrics.port=0",
+            "publish.heartbeat_interval_s=0.2",
+            *(sets or []),
+        ]:
+            cmd += ["--set", s]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.listener = Listener(self.publish, zmq.Context()).start()
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.cam = self.ctx.socket(zmq.PUSH)
+        self.cam.setsockopt(zmq.SNDHWM, 100_000)
+        self.cam.setsockopt(zmq.LINGER, 0)
+        self.cam.connect(self.ingest)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while not any(h.get("ready") for h in self.listener.heartbeats):
+            assert self.proc.poll() is None, (
+                f"daemon exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+            )
+            assert time.monotonic() < end, "daemon not ready in time:\n" + self.log_path.read_text()[-3000:]
+            time.sleep(0.05)
+
+    def send(self, parts: list[bytes]) -> None:
+        self.cam.send_multipart(parts)
+
+    def send_frame(self, img: np.ndarray, frame_id: Any, encoding: str = "raw", camera: str = "cam0") -> None:
+        self.send(encode_frame(img, camera, frame_id, time.time_ns(), encoding, encoder=7))
+
+    def worker_pids(self) -> dict[str, int]:
+        out = {}
+        for c in children(self.proc.pid):
+            t = title(c)
+            m = re.search(r"inspector\.(ingest|inference|publisher)", t)
+            if m:
+                out[m.group(1)] = c
+        return out
+
+    def metrics_url(self) -> str:
+        for line in self.log_path.read_text().splitlines():
+            if '"http endpoints"' in line:
+                return json.loads(line)["url"]
+        raise AssertionError("no metrics URL in the daemon log")
+
+    def wait_verdicts(self, n: int, timeout: float = 60) -> None:
+        assert self.listener.wait_for(n, timeout), (
+            f"only {len(self.listener.verdicts)} of {n} verdicts:\n" + self.log_path.read_text()[-3000:]
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        time.sleep(0.2)
+        self.listener.poll(10)
+        self.listener.close()
+        self.cam.close(0)
+        self.ctx.destroy(0)
+        self.log.close()
+        return code
+
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        return self.listener.verdicts
+
+
+def by_frame(verdicts: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for v in verdicts:
+        out[(v["camera_id"], v["frame_id"])].append(v)
+    return out
+
+
+def assert_exactly_one(
+    verdicts: list[dict[str, Any]], sent: list[tuple[str, Any]]
+) -> dict[Any, dict[str, Any]]:
+    """Every sent (camera, frame id) has exactly one verdict, and no verdict is for a frame not sent."""
+    got = by_frame(verdicts)
+    missing = [k for k in sent if k not in got]
+    dupes = {k: [v["verdict"] for v in vs] for k, vs in got.items() if len(vs) > 1}
+    extra = [k for k in got if k not in set(sent)]
+    assert not missing, f"{len(missing)} frames without a verdict, e.g. {missing[:5]}"
+    assert not dupes, f"{len(dupes)} frames with several verdicts, e.g. {list(dupes.items())[:5]}"
+    assert not extra, f"verdicts for frames never sent: {extra[:5]}"
+    seqs = [v["seq"] for v in verdicts]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    return {k: vs[0] for k, vs in got.items()}
+
+
+def kinds(verdicts: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(v["verdict"] for v in verdicts)
