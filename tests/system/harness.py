@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,10 +25,8 @@ def children(pid: int) -> list[int]:
     """Direct child pids of ``pid`` (from /proc)."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
     return out
 
 
@@ -74,7 +73,7 @@ class Daemon:
         ]:
             cmd += ["--set", s]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.listener = Listener(self.publish, zmq.Context()).start()
         self.ctx: zmq.Context[Any] = zmq.Context()
