@@ -21,13 +21,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project with its build and dev extras (CPU torch)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check inspector engines calibration tests
-	$(VENV)/bin/ruff format --check inspector engines calibration tests
+	$(VENV)/bin/ruff check inspector engines calibration tests bench
+	$(VENV)/bin/ruff format --check inspector engines calibration tests bench
 	$(VENV)/bin/mypy
 
 format: $(STAMP) ## apply ruff's formatter and safe fixes
-	$(VENV)/bin/ruff format inspector engines calibration tests
-	$(VENV)/bin/ruff check --fix inspector engines calibration tests
+	$(VENV)/bin/ruff format inspector engines calibration tests bench
+	$(VENV)/bin/ruff check --fix inspector engines calibration tests bench
 
 test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
@@ -35,4 +35,10 @@ test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration,
 engines: $(STAMP) ## train, export, calibrate and evaluate the shipped default engine set (about 45 min on 2 cores)
 	$(VENV)/bin/inspector-build all --profile default --seed $(SEED) --out $(ENGINES)
 
-.PHONY: help venv lint format test engines
+demo: $(STAMP) ## run the daemon with a simulated camera and a verdict listener on the shipped engines, then summarise
+	$(VENV)/bin/inspector demo --engines $(ENGINES)
+
+bench: $(STAMP) ## measure the daemon from outside against a tight batched loop and a per-frame eager loop (JSON + table)
+	$(PY) bench/run.py --engines $(ENGINES)
+
+.PHONY: help venv lint format test engines demo bench

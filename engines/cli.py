@@ -104,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--engines", type=Path, required=True, help="engine set folder (with manifest.json)")
 
+    p = sub.add_parser("quantize", help="INT8 Q/DQ engine set from a float32 one, evaluated against it")
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=Path("engines/default"),
+        help="float32 engine set (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("engines/default-int8"),
+        help="INT8 engine set to write (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib-data",
+        default="synthetic",
+        help="'synthetic' or a folder of frames (e.g. from `inspector record`)",
+    )
+    p.add_argument(
+        "--calib-frames", type=int, default=256, help="frames to calibrate on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-frames", type=int, default=None, help="override the profile's number of test frames"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export", help="export one checkpoint to ONNX and check parity with ONNX Runtime")
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -143,7 +169,10 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
         summary = {k: v for k, v in results[stage].items() if k != "history"}
         print(f"  {stage}: {summary}", flush=True)
     print(f"trained {', '.join(stages)} in {time.time() - t0:.0f} s", flush=True)
-    (ckdir / "train_command.txt").write_text(command + "\n")
+    # The record of how these checkpoints were made: a full run replaces it, a single stage adds to it.
+    marker = ckdir / "train_command.txt"
+    prior = marker.read_text() if marker.is_file() and len(stages) < len(STAGES) else ""
+    marker.write_text(prior + command + "\n")
     return results
 
 
@@ -167,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "all":
                 cmd_train(args, STAGES, command)
             package(args, command)
+        elif args.cmd == "quantize":
+            from engines.quantize import quantize_set
+
+            quantize_set(args, command)
         elif args.cmd == "evaluate":
             from engines.package import reevaluate
 

@@ -80,8 +80,8 @@ def gblur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), float(sigma))
 
 
-NLM_H = (3, 6, 10, 15, 22, 30, 40, 55)
-BLUR_SIGMA = (0.5, 0.8, 1.2, 1.7, 2.4, 3.5)
+NLM_H = (3, 6, 10, 15, 22, 30, 40, 55, 70, 90)
+BLUR_SIGMA = (0.5, 0.8, 1.2, 1.7, 2.4, 3.5, 5.0)
 
 
 def _tune(

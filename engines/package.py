@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -119,6 +120,12 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     entries = _stage_entries(ckdir, out, profile)
+    ckout = out / "checkpoints"
+    ckout.mkdir(exist_ok=True)
+    shipped_ck = {}
+    for stage in entries:
+        shutil.copyfile(ckdir / f"{stage}.pt", ckout / f"{stage}.pt")
+        shipped_ck[f"checkpoints/{stage}.pt"] = sha256_file(ckout / f"{stage}.pt")
     engines = {s: open_engine("onnxruntime", out / e.file, s) for s, e in entries.items()}
     pipe = Pipeline(engines, threshold=0.5)
 
@@ -165,6 +172,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         threshold=cal["threshold"],
         escape_target=args.escape_rate,
         stages=entries,
+        checkpoints=shipped_ck,
         budget_gflop=budget,
         calibration={k: v for k, v in report["calibration"].items() if k != "calibration_metrics"}
         | {"metrics": cal["calibration_metrics"]},
@@ -188,7 +196,9 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
 
 def _prior_commands(ckdir: Path) -> list[str]:
     marker = ckdir / "train_command.txt"
-    return [marker.read_text().strip()] if marker.is_file() else []
+    return (
+        [line.strip() for line in marker.read_text().splitlines() if line.strip()] if marker.is_file() else []
+    )
 
 
 def evaluate_set(

@@ -258,10 +258,10 @@ def train_defect(
         frames = _augment_geometry(train[idx], rng)
         for i in range(len(frames)):
             r = rng.random()
-            if r < 0.25:
-                frames[i] = nz.gaussian(frames[i], rng.uniform(1, 6), rng)
-            elif r < 0.4:
-                frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.4, 0.9))
+            if r < 0.2:
+                frames[i] = nz.gaussian(frames[i], rng.uniform(1, 4), rng)
+            elif r < 0.25:
+                frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.3, 0.6))
         return frames, labels[idx]
 
     return _classifier_loop(
@@ -275,6 +275,7 @@ def train_defect(
         rng,
         out,
         config,
+        lr=profile.defect_lr,
         progress=progress,
     )
 

@@ -5,6 +5,7 @@
   inspector camera                a simulated camera: synthetic impellers or a folder of images
   inspector listen                print verdicts as a PLC bridge sees them, or a live summary
   inspector demo                  daemon + camera + listener together, then a summary
+  inspector record                save frames a camera sends (PNG), e.g. for INT8 calibration
 
 Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
 if present) < environment (INSPECTOR_SECTION__KEY=value) < --set section.key=value.
@@ -95,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+
+    p = sub.add_parser("record", help="save the frames a camera sends as PNG files")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:5557",
+        help="where to receive frames (bound PULL; default: %(default)s)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder to write <camera_id>/<frame_id>.png into")
+    p.add_argument("--count", type=int, default=500, help="frames to save (default: %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=0.0, help="give up after this many seconds (default: never)"
     )
 
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
@@ -287,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         return listen_forever(args.endpoint, args.summary, duration=args.duration)
     if args.cmd == "demo":
         return cmd_demo(args)
+    if args.cmd == "record":
+        from inspector.record import record
+
+        r = record(args.endpoint, args.out, args.count, args.timeout)
+        print(f"saved {r['saved']} frames to {r['out']}; skipped bad messages: {r['errors'] or 'none'}")
+        return 0 if r["saved"] else 1
     return 2
 
 

@@ -68,8 +68,13 @@ class Manifest(BaseModel):
         description="defect score (softmax probability of 'defective') at or above which a part is rejected"
     )
     escape_target: float
+    precision: str = Field(default="float32", description="float32, or int8-qdq for a quantized set")
     salt_pepper_filter: str = "adaptive_median"
     stages: dict[str, StageEntry]
+    checkpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="PyTorch checkpoints shipped beside the engines (file -> sha256), for the build step and benchmarks",
+    )
     budget_gflop: dict[str, float] = Field(default_factory=dict)
     calibration: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,285 @@
+"""``make bench``: the daemon measured from outside, beside the two loops it must be compared with.
+
+In one run, on one machine, with the same engines and the same frames:
+
+(a) tight loop   - the runtime's pipeline on ONNX Runtime in batches of ``max_batch``, no IPC:
+                   the most this machine can do with these engines;
+(b) eager loop   - the per-frame PyTorch eager loop a user would otherwise write (batch 1, torch
+                   modules, OpenCV median), from the engine set's own checkpoints;
+(c) the daemon   - started as a process, fed over its real ZeroMQ socket by a camera process at
+                   several offered loads, verdicts collected by a subscriber: sustained throughput
+                   (inspected verdicts per second), p50/p99 latency from receipt to publication,
+                   and what was shed.
+
+Writes ``bench/results.json`` and prints a table. Not a test: nothing fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inspector import noise as nz  # noqa: E402
+from inspector.camera import synthetic_shots  # noqa: E402
+from inspector.listen import Listener  # noqa: E402
+from inspector.manifest import load_manifest  # noqa: E402
+from inspector.pipeline import Pipeline  # noqa: E402
+
+MIXES = {
+    "line (clean 70%)": "clean=0.7,gaussian=0.1,salt_pepper=0.1,periodic=0.1",
+    "all noisy": "gaussian=0.34,salt_pepper=0.33,periodic=0.33",
+}
+
+
+def frames_for(mix: str, n: int, seed: int = 5) -> list[np.ndarray]:
+    shots = synthetic_shots(seed, 0.3, nz.parse_mix(mix))
+    return [next(shots).image for _ in range(n)]
+
+
+def tight_loop(engines: Path, frames: list[np.ndarray], batch: int, seconds: float) -> dict[str, float]:
+    pipe = Pipeline.from_manifest(engines)
+    arr = np.stack(frames)
+    pipe.run(arr[:batch])
+    done, t0 = 0, time.perf_counter()
+    batch_times = []
+    while time.perf_counter() - t0 < seconds:
+        i = (done // batch * batch) % (len(arr) - batch)
+        tb = time.perf_counter()
+        pipe.run(arr[i : i + batch])
+        batch_times.append(time.perf_counter() - tb)
+        done += batch
+    el = time.perf_counter() - t0
+    pipe.close()
+    return {
+        "fps": done / el,
+        "batch_ms_mean": float(np.mean(batch_times) * 1e3),
+        "batch_ms_p99": float(np.percentile(batch_times, 99) * 1e3),
+    }
+
+
+def eager_loop(engines: Path, frames: list[np.ndarray], seconds: float) -> dict[str, float] | None:
+    try:
+        import torch
+
+        from engines.train import load_checkpoint
+    except ImportError:
+        return None
+    ck = engines / "checkpoints"
+    if not ck.is_dir():
+        return None
+    import cv2
+
+    noise_net, _ = load_checkpoint(ck / "noise.pt", "noise")
+    ae, _ = load_checkpoint(ck / "denoise.pt", "denoise")
+    defect, _ = load_checkpoint(ck / "defect.pt", "defect")
+    thr = load_manifest(engines).threshold
+    done, t0 = 0, time.perf_counter()
+    with torch.no_grad():
+        while time.perf_counter() - t0 < seconds:
+            f = frames[done % len(frames)]
+            x = torch.from_numpy(f)[None, None]
+            kind = int(noise_net(x).argmax(1))
+            if kind == 2:
+                x = torch.from_numpy(cv2.medianBlur(f, 3))[None, None]
+            elif kind in (1, 3):
+                x = ae(x)
+            _ = float(torch.softmax(defect(x), 1)[0, 1]) >= thr
+            done += 1
+    el = time.perf_counter() - t0
+    return {"fps": done / el}
+
+
+def _camera_proc(endpoint: str, frames: list[np.ndarray], rate: float, seconds: float, ready: Any) -> None:
+    """A separate camera process: pre-encoded messages, sent on a fixed schedule."""
+    import zmq
+
+    from inspector.protocol import encode_frame
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.connect(endpoint)
+    msgs = [encode_frame(f, "bench", 0, 0) for f in frames]
+    heads = [json.loads(m[0]) for m in msgs]
+    ready.set()
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        target = t0 + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        h = heads[i % len(heads)]
+        h["frame_id"] = i
+        h["ts_ns"] = time.time_ns()
+        sock.send_multipart([json.dumps(h).encode(), msgs[i % len(msgs)][1]])
+    sock.close(10_000)
+    ctx.term()
+
+
+def daemon_run(
+    engines: Path, frames: list[np.ndarray], rate: float, seconds: float, sets: list[str]
+) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="inspector-bench-"))
+    ingest, publish = f"ipc://{tmp}/in.sock", f"ipc://{tmp}/out.sock"
+    cmd = [sys.executable, "-m", "inspector", "serve"]
+    for s in [
+        f"engines.path={engines}",
+        f"ingest.endpoint={ingest}",
+        f"publish.endpoint={publish}",
+        "metrics.enabled=false",
+        "log.level=warning",
+        *sets,
+    ]:
+        cmd += ["--set", s]
+    log = open(tmp / "daemon.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    lst = Listener(publish).start()
+    try:
+        end = time.monotonic() + 180
+        while not any(h.get("ready") for h in lst.heartbeats):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("daemon did not start: " + (tmp / "daemon.log").read_text()[-2000:])
+            time.sleep(0.05)
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        cam = ctx.Process(target=_camera_proc, args=(ingest, frames, rate, seconds, ready))
+        cam.start()
+        ready.wait(60)
+        n = int(rate * seconds)
+        lst.wait_for(n, timeout=seconds + 60)
+        cam.join(30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        lst.close()
+        log.close()
+    vs = lst.verdicts
+    inspected = [v for v in vs if v["verdict"] in ("PASS", "FAIL")]
+    # Steady state: drop the first and last 10% of the run by publication time.
+    if len(inspected) > 20:
+        ts = np.array([v["published_ns"] for v in inspected])
+        lo, hi = np.percentile(ts, 10), np.percentile(ts, 90)
+        mid = [v for v, t in zip(inspected, ts, strict=True) if lo <= t <= hi]
+        fps = len(mid) / max((hi - lo) / 1e9, 1e-9)
+    else:
+        mid, fps = inspected, float("nan")
+    lat = [v["latency_ms"]["total"] for v in mid]
+    kinds: dict[str, int] = {}
+    for v in vs:
+        kinds[v["verdict"]] = kinds.get(v["verdict"], 0) + 1
+    return {
+        "offered_fps": rate,
+        "sent": int(rate * seconds),
+        "verdicts": len(vs),
+        "by_kind": kinds,
+        "inspected_fps": fps,
+        "latency_ms_p50": float(np.percentile(lat, 50)) if lat else float("nan"),
+        "latency_ms_p99": float(np.percentile(lat, 99)) if lat else float("nan"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", type=Path, default=REPO / "engines" / "default")
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of each measured run")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-delay-ms", type=float, default=10.0)
+    ap.add_argument(
+        "--loads", default="0.5,1.0,1.5", help="offered loads as fractions of the tight loop's throughput"
+    )
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    args = ap.parse_args()
+    manifest = load_manifest(args.engines)
+    sets = [f"batching.max_batch={args.max_batch}", f"batching.max_delay_ms={args.max_delay_ms}"]
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "engines": str(args.engines),
+        "model_version": manifest.model_version,
+        "max_batch": args.max_batch,
+        "max_delay_ms": args.max_delay_ms,
+        "mixes": {},
+    }
+    for name, mix in MIXES.items():
+        frames = frames_for(mix, 64)
+        print(f"[{name}] tight batched loop ...", flush=True)
+        tight = tight_loop(args.engines, frames, args.max_batch, args.seconds)
+        print(f"[{name}] per-frame PyTorch eager loop ...", flush=True)
+        eager = eager_loop(args.engines, frames, args.seconds)
+        runs = []
+        for frac in [float(x) for x in args.loads.split(",")]:
+            rate = max(tight["fps"] * frac, 1.0)
+            print(f"[{name}] daemon at {rate:.0f} frames/s offered ({frac:g} x tight loop) ...", flush=True)
+            r = daemon_run(args.engines, frames, rate, args.seconds, sets)
+            r["load_fraction"] = frac
+            runs.append(r)
+        sustained = max(r["inspected_fps"] for r in runs if r["inspected_fps"] == r["inspected_fps"])
+        half = next((r for r in runs if r["load_fraction"] == 0.5), runs[0])
+        results["mixes"][name] = {
+            "mix": mix,
+            "tight_loop": tight,
+            "eager_loop": eager,
+            "daemon": runs,
+            "daemon_sustained_fps": sustained,
+            "ratio_daemon_vs_tight": sustained / tight["fps"],
+            "ratio_daemon_vs_eager": sustained / eager["fps"] if eager else None,
+            "p99_at_half_load_ms": half["latency_ms_p99"],
+            "p99_bound_ms": args.max_delay_ms + 2 * tight["batch_ms_mean"],
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [
+        f"\nLine Inspector benchmark - {r['model_version']} on {r['machine']['cpus']} CPUs, "
+        f"max_batch {r['max_batch']}, max_delay_ms {r['max_delay_ms']:g}",
+        "",
+        "| mix | tight loop fps | eager loop fps | daemon sustained fps | daemon/tight | daemon/eager | p99 @ half load | bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in r["mixes"].items():
+        eager = f"{m['eager_loop']['fps']:.1f}" if m["eager_loop"] else "n/a"
+        ve = f"{m['ratio_daemon_vs_eager']:.2f}x" if m["ratio_daemon_vs_eager"] else "n/a"
+        lines.append(
+            f"| {name} | {m['tight_loop']['fps']:.1f} | {eager} | {m['daemon_sustained_fps']:.1f} | "
+            f"{m['ratio_daemon_vs_tight'] * 100:.0f}% | {ve} | {m['p99_at_half_load_ms']:.1f} ms | {m['p99_bound_ms']:.1f} ms |"
+        )
+    lines += [
+        "",
+        "| mix | offered fps | inspected fps | p50 ms | p99 ms | verdicts by kind |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in r["mixes"].items():
+        for d in m["daemon"]:
+            lines.append(
+                f"| {name} | {d['offered_fps']:.1f} | {d['inspected_fps']:.1f} | {d['latency_ms_p50']:.1f} | "
+                f"{d['latency_ms_p99']:.1f} | {d['by_kind']} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

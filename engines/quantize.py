@@ -1,0 +1,153 @@
+"""``inspector-build quantize``: an INT8 (Q/DQ) engine set beside a float32 one, evaluated against it.
+
+The INT8 set is a complete engine set (ONNX files + manifest) that the daemon
+runs unchanged (``engines.path``). Its report compares every metric of the
+build step's evaluation with the float32 set's, on the same test frames, and
+the CPU speed of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.int8 import count_qdq, quantize_model
+from engines import evaluate as ev
+from engines.data import load_split
+from engines.package import evaluate_set, library_versions
+from engines.profiles import get_profile
+from inspector import noise as nz
+from inspector.manifest import load_manifest, sha256_file, write_manifest
+from inspector.pipeline import Pipeline
+
+
+def calibration_set(source: str, count: int, seed: int) -> np.ndarray:
+    """Frames as the line sees them: a folder (recorded with ``inspector record``, or any images), or synthetic."""
+    if source == "synthetic":
+        split = load_split("synthetic", "calib", count, seed, progress=False)
+        frames = split.frames.copy()
+        for i in range(len(frames)):
+            frames[i] = nz.apply_random(
+                frames[i], nz.NOISE_TYPES[i % 4], np.random.default_rng([seed, 901, i])
+            )
+        return frames
+    root = Path(source)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+        raise ValueError(f"no images to calibrate on under {str(root)!r}")
+    from inspector.folder import read_gray  # any images will do: no class folders needed
+
+    return np.stack([read_gray(p, 300) for p in files[:count]])
+
+
+def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    src: Path = args.engines
+    out: Path = args.out
+    fp32 = load_manifest(src)
+    frames = calibration_set(args.calib_data, args.calib_frames, fp32.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = {}
+    for name, entry in fp32.stages.items():
+        path = quantize_model(src / entry.file, out / entry.file, frames)
+        stages[name] = entry.model_copy(
+            update={"sha256": sha256_file(path), "training": {**entry.training, "int8_qdq": count_qdq(path)}}
+        )
+        print(f"quantized {name}: {count_qdq(path)}", flush=True)
+    manifest = fp32.model_copy(
+        update={
+            "model_version": fp32.model_version + "-int8",
+            "precision": "int8-qdq",
+            "command": fp32.command + " && " + command,
+            "stages": stages,
+            "checkpoints": {},
+            "versions": library_versions(),
+            "calibration": {
+                **fp32.calibration,
+                "int8": {
+                    "frames": len(frames),
+                    "source": args.calib_data,
+                    "method": "minmax, symmetric, per-channel weights",
+                },
+            },
+        }
+    )
+    write_manifest(out, manifest)
+
+    profile = get_profile(fp32.profile, test_frames=args.test_frames)
+    progress = not args.quiet
+    t0 = time.time()
+    p8 = Pipeline.from_manifest(out)
+    rep8 = evaluate_set(p8, fp32.data, profile, fp32.seed, out / "figures", progress)
+    p32 = Pipeline.from_manifest(src)
+    test = load_split(fp32.data, "test", 64, fp32.seed, progress=False)
+    speed = {
+        "float32": ev.stage_latency(p32, test.frames, repeats=20),
+        "int8": ev.stage_latency(p8, test.frames, repeats=20),
+    }
+    p32.close()
+    p8.close()
+    ref = json.loads((src / "report.json").read_text())
+    comparison = compare(ref, rep8)
+    report = {
+        **rep8,
+        "comparison_with_float32": comparison,
+        "cpu_ms_per_frame_batch8": speed,
+        "elapsed_seconds": round(time.time() - t0, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "report.md").write_text(render(comparison, speed, manifest.model_version, command))
+    return report
+
+
+def compare(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Every headline metric of the float32 report beside the INT8 one."""
+    rows: dict[str, Any] = {}
+    for name, lv in new["noise_type"]["levels"].items():
+        rows[f"noise type accuracy {name}"] = (ref["noise_type"]["levels"][name]["accuracy"], lv["accuracy"])
+    for name, lv in new["denoising"].items():
+        ours = lv["ours"]
+        rows[f"denoise SSIM {name}"] = (
+            ref["denoising"][name]["methods"][ours]["ssim_mean"],
+            lv["methods"][ours]["ssim_mean"],
+        )
+        rows[f"denoise PSNR {name}"] = (
+            ref["denoising"][name]["methods"][ours]["psnr_mean"],
+            lv["methods"][ours]["psnr_mean"],
+        )
+    for cond, m in new["defect"]["rows"].items():
+        for k in ("accuracy", "sensitivity", "specificity", "f1", "auc", "escape_rate", "false_reject_rate"):
+            rows[f"defect {k} - {cond}"] = (ref["defect"]["rows"][cond][k], m[k])
+    main_noise = [
+        k
+        for k in rows
+        if k.startswith("noise type accuracy") and new["noise_type"]["levels"][k.split()[-1]]["main"]
+    ]
+    return {
+        "rows": {k: {"float32": a, "int8": b, "delta": b - a} for k, (a, b) in rows.items()},
+        "defect_accuracy_clean_delta": rows["defect accuracy - clean (classifier only)"][1]
+        - rows["defect accuracy - clean (classifier only)"][0],
+        "noise_accuracy_main_min_delta": min(rows[k][1] - rows[k][0] for k in main_noise),
+    }
+
+
+def render(c: dict[str, Any], speed: dict[str, dict[str, float]], version: str, command: str) -> str:
+    lines = [f"# INT8 (Q/DQ) engine set `{version}` against float32\n", f"Made with `{command}`.\n"]
+    lines.append(
+        f"Defect accuracy on clean frames: {c['defect_accuracy_clean_delta'] * 100:+.2f} points; "
+        f"noise-type accuracy at the main levels: worst {c['noise_accuracy_main_min_delta'] * 100:+.2f} points.\n"
+    )
+    lines.append("## CPU speed (ONNX Runtime, ms per frame at batch 8, this machine)\n")
+    lines.append("| stage | float32 | int8 | speed-up |\n|---|---|---|---|")
+    for stage in speed["float32"]:
+        a, b = speed["float32"][stage], speed["int8"][stage]
+        lines.append(f"| {stage} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
+    lines.append("\n## Every metric\n")
+    lines.append("| metric | float32 | int8 | delta |\n|---|---|---|---|")
+    for k, r in c["rows"].items():
+        lines.append(f"| {k} | {r['float32']:.4f} | {r['int8']:.4f} | {r['delta']:+.4f} |")
+    return "\n".join(lines) + "\n"

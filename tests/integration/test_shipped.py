@@ -1,0 +1,64 @@
+"""The shipped default engine set: intact, within budget, and doing what its report says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from inspector import noise as nz
+from inspector.manifest import load_manifest
+from inspector.pipeline import Pipeline
+from inspector.synthetic import ImpellerGenerator
+from tests.conftest import SHIPPED
+
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED / "manifest.json").is_file(), reason="no shipped engine set (run make engines)"
+)
+
+
+def test_manifest_hashes_and_budget():
+    m = load_manifest(SHIPPED)  # verifies every file's sha256
+    assert m.profile == "default" and m.data == "synthetic"
+    assert m.budget_gflop["clean_frame"] <= 2.5
+    assert m.budget_gflop["noisy_frame"] <= 6.0
+    assert m.command.startswith("inspector-build") and m.seed == 0
+    assert {"torch", "onnxruntime"} <= set(m.versions)
+
+
+def test_report_meets_the_bar():
+    r = json.loads((SHIPPED / "report.json").read_text())
+    assert r["test_split"]["frames"] >= 2000
+    levels = r["noise_type"]["levels"]
+    for name, lv in levels.items():
+        if lv["main"]:
+            assert lv["accuracy"] >= 0.995, name
+    study = {"salt_pepper": 0.880, "gaussian": 0.640, "periodic": 0.817}
+    for name, lv in r["denoising"].items():
+        ours = lv["methods"][lv["ours"]]["ssim_mean"]
+        assert ours >= lv["methods"][lv["best_baseline"]]["ssim_mean"], name
+        if lv["main"]:
+            assert ours > study[lv["kind"]], name
+    d = r["defect"]
+    assert d["rows"]["clean (classifier only)"]["accuracy"] >= 0.99
+    assert d["gap_recovery"]["mixed noise"] >= 0.9
+
+
+def test_pipeline_on_fresh_frames():
+    """Frames from a seed no split uses: the shipped pipeline inspects them about as well as the report says."""
+    pipe = Pipeline.from_manifest(SHIPPED)
+    gen = ImpellerGenerator(seed=31337)
+    rng = np.random.default_rng(0)
+    frames, labels, kinds = [], [], []
+    for i in range(96):
+        s = gen.sample(i)
+        kind = nz.NOISE_TYPES[i % 4]
+        level = next(lv for lv in nz.REPORT_LEVELS if lv.main and lv.kind == kind)
+        frames.append(nz.apply_level(s.image, level, rng))
+        labels.append(s.defective)
+        kinds.append(kind)
+    results = pipe.run(np.stack(frames))
+    pipe.close()
+    assert np.mean([r.noise_type == k for r, k in zip(results, kinds, strict=True)]) >= 0.97
+    assert np.mean([r.defective == y for r, y in zip(results, labels, strict=True)]) >= 0.9
