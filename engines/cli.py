@@ -56,6 +56,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _package_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
+    )
+    p.add_argument(
+        "--escape-rate",
+        type=float,
+        default=0.005,
+        help="target escape rate for the threshold (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inspector-build",
@@ -76,27 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "package", help="export checkpoints to ONNX, calibrate the threshold, evaluate, write the manifest"
     )
     _common(p)
-    p.add_argument(
-        "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
-    )
-    p.add_argument(
-        "--escape-rate",
-        type=float,
-        default=0.005,
-        help="target escape rate for the threshold (default: %(default)s)",
-    )
+    _package_args(p)
 
     p = sub.add_parser("all", help="train all stages, then package: what `make engines` runs")
     _common(p)
-    p.add_argument(
-        "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
-    )
-    p.add_argument(
-        "--escape-rate",
-        type=float,
-        default=0.005,
-        help="target escape rate for the threshold (default: %(default)s)",
-    )
+    _package_args(p)
 
     p = sub.add_parser(
         "evaluate", help="re-run the evaluation of an existing engine set and rewrite its report"

@@ -107,6 +107,28 @@ class Worker:
         raise NotImplementedError
 
 
+def verdict_msg(
+    ticket: int,
+    slot: int | None,
+    meta: dict[str, Any],
+    t_recv: int,
+    verdict: str,
+    reason: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The internal message that carries one frame's verdict to the publisher."""
+    return {
+        "kind": "verdict",
+        "ticket": ticket,
+        "slot": slot,
+        "meta": meta,
+        "t_recv": t_recv,
+        "verdict": verdict,
+        "reason": reason,
+        **extra,
+    }
+
+
 def now_ns() -> int:
     return time.monotonic_ns()
 

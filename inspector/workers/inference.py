@@ -27,7 +27,7 @@ from inspector.config import Settings
 from inspector.pipeline import Pipeline
 from inspector.protocol import Verdict
 from inspector.synthetic import ImpellerGenerator
-from inspector.workers.base import Worker, endpoint, now_ns
+from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
 
 Job = tuple[int, int, dict[str, Any], int, int, int]
 
@@ -131,18 +131,9 @@ class InferenceWorker(Worker):
         self, job: Job, verdict: Verdict, reason: str | None, extra: dict[str, Any] | None = None
     ) -> None:
         ticket, slot, meta, t_recv, _deadline, _gen = job
-        msg = {
-            "kind": "verdict",
-            "ticket": ticket,
-            "slot": slot,
-            "meta": meta,
-            "t_recv": t_recv,
-            "verdict": verdict.value,
-            "reason": reason,
-        }
-        if extra:
-            msg.update(extra)
-        self.results.send_pyobj(msg)
+        self.results.send_pyobj(
+            verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason, **(extra or {}))
+        )
 
     def run_loop(self) -> bool:
         self.shared.progress.value += 1

@@ -19,7 +19,7 @@ import zmq
 from inspector import metrics
 from inspector.protocol import Limits, ProtocolError, Verdict, decode_frame
 from inspector.ring import SlotRing
-from inspector.workers.base import Worker, endpoint, now_ns
+from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
 
 
 class IngestWorker(Worker):
@@ -96,17 +96,7 @@ class IngestWorker(Worker):
         reason: str,
         slot: int | None = None,
     ) -> None:
-        self.results.send_pyobj(
-            {
-                "kind": "verdict",
-                "ticket": ticket,
-                "slot": slot,
-                "meta": meta,
-                "t_recv": t_recv,
-                "verdict": verdict.value,
-                "reason": reason,
-            }
-        )
+        self.results.send_pyobj(verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason))
 
     def run_loop(self) -> bool:
         if self.stop_requested:
