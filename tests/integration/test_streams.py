@@ -1,0 +1,118 @@
+"""The GPU stream schedule, run on the CPU by an executor that interleaves streams adversarially."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector import noise as nz
+from inspector.engines.streams import Op, SimulatedExecutor, StreamScheduler
+from inspector.pipeline import Pipeline
+from inspector.synthetic import ImpellerGenerator
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[np.ndarray]:
+    g = ImpellerGenerator(seed=77)
+    rng = np.random.default_rng(3)
+    out = []
+    for b in range(5):
+        out.append(
+            np.stack(
+                [
+                    nz.apply_random(g.sample(b * 6 + i).image, nz.NOISE_TYPES[(b + i) % 4], rng)
+                    for i in range(6)
+                ]
+            )
+        )
+    return out
+
+
+def _pipelined(sched: StreamScheduler, batches: list[np.ndarray]) -> list[tuple]:
+    # Upload batch N+1 before inferring batch N: the overlap the schedule exists for.
+    results = []
+    ns = [sched.upload(batches[0])]
+    for i in range(len(batches)):
+        if i + 1 < len(batches):
+            ns.append(sched.upload(batches[i + 1]))
+        results.append(sched.infer(ns[i], len(batches[i])))
+    return results
+
+
+@pytest.mark.parametrize(("seed", "prefer"), [(0, None), (1, None), (2, "compute"), (3, "copy")])
+def test_schedule_matches_the_cpu_pipeline_under_any_interleaving(tiny_engines: Path, batches, seed, prefer):
+    pipe = Pipeline.from_manifest(tiny_engines)
+    ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed, prefer=prefer)
+    got = _pipelined(StreamScheduler(ex, pipe.threshold), batches)
+    for frames, (ids, _conf, names, scores) in zip(batches, got, strict=True):
+        want = pipe.run(frames)
+        assert [nz.NOISE_TYPES[i] for i in ids] == [r.noise_type for r in want]
+        assert names == [r.denoiser for r in want]
+        np.testing.assert_allclose(scores, [r.score for r in want], atol=1e-5)
+    # The schedule allows overlap: batch 1's upload was issued before batch 0's defect engine.
+    order = [(op.kind, op.args.get("engine", op.args.get("dst"))) for op in ex.executed]
+    if prefer != "compute":
+        assert order.index(("h2d", "d_in1")) < order.index(("run", "defect"))
+    pipe.close()
+
+
+class _NoUploadWait(StreamScheduler):
+    """A broken schedule: compute does not wait for the upload."""
+
+    def infer(self, n, count):  # type: ignore[no-untyped-def]
+        submit = self.x.submit
+        self.x.submit = lambda op: (
+            None if (op.kind == "wait" and op.args["event"].startswith("uploaded")) else submit(op)
+        )  # type: ignore[method-assign]
+        try:
+            return super().infer(n, count)
+        finally:
+            self.x.submit = submit  # type: ignore[method-assign]
+
+
+class _StatEngine:
+    """A stand-in whose output depends on every pixel, so stale or half-copied buffers always show."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        m = frames.reshape(len(frames), -1).astype(np.float64).mean(axis=1)
+        if self.name == "noise":
+            out = np.zeros((len(frames), 4), np.float32)
+            out[np.arange(len(frames)), (m * 7).astype(int) % 4] = 5.0
+            return out
+        if self.name == "denoise":
+            return np.clip(frames.astype(int) + 1, 0, 255).astype(np.uint8)
+        return np.stack([np.zeros_like(m), m / 20.0], axis=1).astype(np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_missing_wait_is_caught(batches):
+    pipe = Pipeline({s: _StatEngine(s) for s in ("noise", "denoise", "defect")}, threshold=0.5)
+    # The correct schedule agrees with the CPU pipeline on these engines too...
+    ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=0, prefer="compute")
+    for frames, (_i, _c, _n, scores) in zip(
+        batches, _pipelined(StreamScheduler(ex, 0.5), batches), strict=True
+    ):
+        np.testing.assert_allclose(scores, [r.score for r in pipe.run(frames)], atol=1e-6)
+    # ...and the broken one does not.
+    mismatches = 0
+    for seed in range(2):
+        ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed, prefer="compute")
+        got = _pipelined(_NoUploadWait(ex, pipe.threshold), batches)
+        for frames, (_ids, _c, _n, scores) in zip(batches, got, strict=True):
+            want = [r.score for r in pipe.run(frames)]
+            mismatches += not np.allclose(scores, want, atol=1e-6)
+    assert mismatches > 0, "the simulated executor failed to expose a missing event wait"
+
+
+def test_deadlock_is_reported():
+    ex = SimulatedExecutor({}, max_batch=1, frame=(32, 32))
+    ex.submit(Op("compute", "wait", {"event": "never"}))
+    with pytest.raises(RuntimeError, match="deadlock"):
+        ex.host_wait("something")
