@@ -126,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser(
+        "rebuild",
+        help="rebuild what an engine set needs on this machine: verify ONNX, INT8 set, TensorRT plans",
+    )
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=Path("engines/default"),
+        help="float32 engine set (default: %(default)s)",
+    )
+    p.add_argument(
+        "--int8-out", type=Path, default=None, help="also (re)make the INT8 set here (skipped if absent)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=8, help="largest batch the daemon flushes (default: %(default)s)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export", help="export one checkpoint to ONNX and check parity with ONNX Runtime")
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -172,6 +190,40 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
     return results
 
 
+def rebuild(args: argparse.Namespace, command: str) -> None:
+    """Verify the ONNX set, optionally quantize it, then build TensorRT plans where TensorRT and a GPU exist."""
+    from inspector.engines.tensorrt import TensorRTUnavailable
+    from inspector.manifest import load_manifest
+
+    sets = [args.engines]
+    m = load_manifest(args.engines)
+    print(f"ONNX engine set {args.engines} ({m.model_version}): every file matches its sha256")
+    if args.int8_out is not None:
+        from engines.quantize import quantize_set
+
+        qargs = argparse.Namespace(
+            engines=args.engines,
+            out=args.int8_out,
+            calib_data="synthetic",
+            calib_frames=256,
+            test_frames=None,
+            quiet=args.quiet,
+        )
+        quantize_set(qargs, command)
+        sets.append(args.int8_out)
+        print(f"INT8 engine set written to {args.int8_out}")
+    for engine_set in sets:
+        try:
+            from engines.trt_build import build_set
+
+            meta = build_set(engine_set, args.max_batch)
+            print(
+                f"TensorRT plans for {engine_set}: TensorRT {meta['tensorrt']} on {meta['gpu']} (sm {meta['compute_capability']})"
+            )
+        except TensorRTUnavailable as exc:
+            print(f"skipping the TensorRT step for {engine_set}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from engines.train import CheckpointError
     from inspector.folder import DatasetError
@@ -196,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             from engines.quantize import quantize_set
 
             quantize_set(args, command)
+        elif args.cmd == "rebuild":
+            rebuild(args, command)
         elif args.cmd == "evaluate":
             from engines.package import reevaluate
 

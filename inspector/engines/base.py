@@ -31,6 +31,7 @@ class Engine(Protocol):
 # Backend name -> "module:Class". Explicit: an unknown name is an error listing these.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "inspector.engines.onnxruntime:OnnxRuntimeEngine",
+    "tensorrt": "inspector.engines.tensorrt:TensorRTEngine",
 }
 
 

@@ -84,3 +84,15 @@ def test_record_saves_what_a_camera_sends(tmp_path: Path):
     assert result["saved"] == 5
     files = sorted((tmp_path / "rec" / "cam_7").glob("*.png"))
     assert [f.name for f in files] == [f"{i}.png" for i in range(5)]
+
+
+def test_rebuild_skips_tensorrt_with_a_clear_message(tiny_engines: Path):
+    res = subprocess.run(
+        [sys.executable, "-m", "engines", "rebuild", "--engines", str(tiny_engines)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "every file matches its sha256" in res.stdout
+    assert "skipping the TensorRT step" in res.stdout and "install the gpu extra" in res.stdout

@@ -1,0 +1,97 @@
+"""TensorRT plans from an engine set's ONNX files, on the machine that will run them (TensorRT 11 API).
+
+Plans are tied to the TensorRT version and the GPU model, so they are built
+offline on the target (``inspector-build rebuild``, run by the systemd rebuild
+unit) and recorded in ``<set>/tensorrt/plans.json`` with the TensorRT version,
+GPU name and compute capability; the runtime refuses a plan built elsewhere.
+
+TensorRT 11 networks are always strongly typed: there are no FP16/INT8
+builder flags and no calibrators. Precision comes from the ONNX file itself:
+the float32 export, or the Q/DQ INT8 model of ``inspector-build quantize``.
+
+One optimization profile per batch range the daemon uses (one execution
+context per profile); a timing cache is kept beside the plans so rebuilds are
+fast. Not run in this project's sessions (no GPU was lent): see docs/gpu.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from inspector.engines.tensorrt import TensorRTUnavailable, gpu_identity, plan_profiles_for
+from inspector.manifest import load_manifest, sha256_file
+
+WORKSPACE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    stage: str
+    file: str
+    sha256: str
+    onnx_sha256: str
+    profiles: list[tuple[int, int, int]]
+    frame: tuple[int, int]
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable("tensorrt is not installed: pip install '.[gpu]' on the GPU host") from exc
+    return trt
+
+
+def build_plan(
+    onnx: Path, plan: Path, profiles: list[tuple[int, int, int]], frame: tuple[int, int], cache: Path
+) -> None:
+    """ONNX -> serialized TensorRT plan with one optimization profile per (min, opt, max) batch."""
+    trt = _trt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network()  # strongly typed: precision comes from the ONNX file
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT cannot parse {onnx}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    timing = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    h, w = frame
+    for lo, opt, hi in profiles:
+        prof = builder.create_optimization_profile()
+        prof.set_shape("frames", (lo, 1, h, w), (opt, 1, h, w), (hi, 1, h, w))
+        config.add_optimization_profile(prof)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build a plan for {onnx} (see the log above)")
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    plan.write_bytes(bytes(serialized))
+    cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def build_set(engines: Path, max_batch: int = 8) -> dict[str, Any]:
+    """Plans for every stage of an engine set, into ``<engines>/tensorrt/``; raises TensorRTUnavailable without a GPU."""
+    trt = _trt()
+    ident = gpu_identity()  # raises TensorRTUnavailable without pycuda or a GPU
+    manifest = load_manifest(engines)
+    out = engines / "tensorrt"
+    frame = (manifest.frame_size, manifest.frame_size)
+    profiles = plan_profiles_for(max_batch)
+    records = []
+    for stage, entry in manifest.stages.items():
+        plan = out / f"{stage}.plan"
+        build_plan(engines / entry.file, plan, profiles, frame, out / "timing.cache")
+        records.append(PlanRecord(stage, plan.name, sha256_file(plan), entry.sha256, profiles, frame))
+    meta = {
+        "tensorrt": trt.__version__,
+        **ident,
+        "precision": manifest.precision,
+        "plans": [asdict(r) for r in records],
+    }
+    (out / "plans.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

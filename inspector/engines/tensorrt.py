@@ -1,0 +1,307 @@
+"""TensorRT backend (TensorRT 11 Python API + pycuda) behind the ``Engine`` seam, and the pycuda
+executor of the stream schedule in :mod:`inspector.engines.streams`.
+
+Imports cleanly without tensorrt or pycuda: everything GPU-side is imported
+when an engine is opened, and a missing package is an :class:`EngineError`
+that says what to install. CUDA state is created in the process that uses it
+(the inference worker is spawned, never forked with a CUDA context), on the
+device's primary context, which is the one TensorRT's runtime uses.
+
+Teardown order is explicit (never ``__del__``): execution contexts, engines,
+runtime, device and page-locked buffers, then the context is popped.
+
+STATUS: written against the documented TensorRT 11 / pycuda APIs and NOT run
+on a GPU in this project's sessions (none was lent). The pure parts - profile
+choice, plan checks - are tested on the CPU; see docs/gpu.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.engines.base import EngineError
+
+
+class TensorRTUnavailable(EngineError):
+    """No TensorRT, no pycuda, or no GPU on this machine."""
+
+
+def plan_profiles_for(max_batch: int) -> list[tuple[int, int, int]]:
+    """Optimization profiles (min, opt, max batch) for a daemon flushing batches of up to ``max_batch``.
+
+    Two ranges: small batches (a quiet line, the latency case) and full ones (the throughput case),
+    so neither is run with kernels tuned for the other.
+    """
+    if max_batch <= 2:
+        return [(1, max_batch, max_batch)]
+    small = max(max_batch // 2, 1)
+    return [(1, 1, small), (small + 1, max_batch, max_batch)]
+
+
+def select_profile(profiles: list[tuple[int, int, int]], batch: int) -> int:
+    """Index of the profile whose range holds ``batch``; an EngineError if none does."""
+    for i, (lo, _opt, hi) in enumerate(profiles):
+        if lo <= batch <= hi:
+            return i
+    raise EngineError(
+        f"batch of {batch} is outside every built profile {profiles}: rebuild with a larger max_batch"
+    )
+
+
+def check_plans(meta: dict[str, Any], trt_version: str, identity: dict[str, str]) -> None:
+    """Refuse plans built for another TensorRT version or GPU, saying to rebuild."""
+    built = (meta.get("tensorrt"), meta.get("gpu"), meta.get("compute_capability"))
+    here = (trt_version, identity.get("gpu"), identity.get("compute_capability"))
+    if built != here:
+        raise EngineError(
+            f"TensorRT plans were built for TensorRT {built[0]} on {built[1]} (sm {built[2]}), this machine has "
+            f"TensorRT {here[0]} on {here[1]} (sm {here[2]}): rebuild them here with `inspector-build rebuild`"
+        )
+
+
+def _import_gpu() -> tuple[Any, Any]:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "tensorrt is not importable: install the gpu extra (pip install '.[gpu]')"
+        ) from exc
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "pycuda is not importable: install the gpu extra (pip install '.[gpu]')"
+        ) from exc
+    return trt, cuda
+
+
+def gpu_identity() -> dict[str, str]:
+    """Name and compute capability of GPU 0."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "pycuda is not importable: install the gpu extra (pip install '.[gpu]')"
+        ) from exc
+    try:
+        cuda.init()
+        if cuda.Device.count() == 0:
+            raise TensorRTUnavailable("no CUDA device on this machine")
+        dev = cuda.Device(0)
+    except cuda.Error as exc:
+        raise TensorRTUnavailable(f"CUDA is not usable here: {exc}") from exc
+    major, minor = dev.compute_capability()
+    return {"gpu": dev.name(), "compute_capability": f"{major}.{minor}"}
+
+
+class TensorRTEngine:
+    """One stage's plan; synchronous ``infer`` for the ``Engine`` seam (the stream loop uses :class:`PycudaExecutor`)."""
+
+    def __init__(self, path: Path, name: str, **_options: Any) -> None:
+        trt, cuda = _import_gpu()
+        self.name, self.cuda = name, cuda
+        plans = Path(path).parent / "tensorrt"
+        meta_path = plans / "plans.json"
+        if not meta_path.is_file():
+            raise EngineError(
+                f"no TensorRT plans in {str(plans)!r}: build them on this machine with `inspector-build rebuild`"
+            )
+        meta = json.loads(meta_path.read_text())
+        cuda.init()
+        self.ctx = cuda.Device(0).retain_primary_context()
+        self.ctx.push()
+        try:
+            check_plans(meta, trt.__version__, gpu_identity())
+            rec = next(p for p in meta["plans"] if p["stage"] == name)
+            self.profiles = [tuple(p) for p in rec["profiles"]]
+            self.logger = trt.Logger(trt.Logger.WARNING)
+            self.runtime = trt.Runtime(self.logger)
+            self.engine = self.runtime.deserialize_cuda_engine((plans / rec["file"]).read_bytes())
+            if self.engine is None:
+                raise EngineError(
+                    f"TensorRT could not deserialize {rec['file']}: rebuild with `inspector-build rebuild`"
+                )
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+            self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+            self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output)))
+            # One execution context per profile, each bound to it once.
+            self.stream = cuda.Stream()
+            self.contexts = []
+            for i in range(len(self.profiles)):
+                c = self.engine.create_execution_context()
+                c.set_optimization_profile_async(i, self.stream.handle)
+                self.contexts.append(c)
+            self.stream.synchronize()
+            h, w = rec["frame"]
+            max_b = max(p[2] for p in self.profiles)
+            self.h_in = cuda.pagelocked_empty((max_b, 1, h, w), np.uint8)
+            self.d_in = cuda.mem_alloc(self.h_in.nbytes)
+            out_shape = (max_b, 1, h, w) if name == "denoise" else (max_b, 4 if name == "noise" else 2)
+            self.h_out = cuda.pagelocked_empty(out_shape, self.out_dtype)
+            self.d_out = cuda.mem_alloc(self.h_out.nbytes)
+        finally:
+            self.ctx.pop()
+
+    def run_on_device(self, d_in: int, d_out: int, batch: int, frame: tuple[int, int], stream: Any) -> None:
+        """Enqueue this engine on ``stream`` for ``batch`` frames at device pointers ``d_in`` -> ``d_out``."""
+        ctx = self.contexts[select_profile(self.profiles, batch)]
+        ctx.set_input_shape(self.input, (batch, 1, *frame))
+        ctx.set_tensor_address(self.input, int(d_in))
+        ctx.set_tensor_address(self.output, int(d_out))
+        if not ctx.execute_async_v3(stream.handle):
+            raise EngineError(f"TensorRT execution of {self.name!r} failed to enqueue")
+
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        n = len(frames)
+        self.ctx.push()
+        try:
+            self.h_in[:n] = frames
+            self.cuda.memcpy_htod_async(self.d_in, self.h_in, self.stream)
+            self.run_on_device(int(self.d_in), int(self.d_out), n, frames.shape[2:], self.stream)
+            self.cuda.memcpy_dtoh_async(self.h_out, self.d_out, self.stream)
+            self.stream.synchronize()
+            return self.h_out[:n].copy()
+        finally:
+            self.ctx.pop()
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None) is None:
+            return
+        self.ctx.push()
+        try:
+            self.contexts = []  # contexts, then engine, then runtime, then buffers
+            self.engine = None
+            self.runtime = None
+            for buf in ("d_in", "d_out"):
+                if getattr(self, buf, None) is not None:
+                    getattr(self, buf).free()
+                    setattr(self, buf, None)
+        finally:
+            self.ctx.pop()
+            self.ctx.detach()
+            self.ctx = None
+
+
+MEDIAN_KERNEL = r"""
+// Impulse-only median, the GPU twin of inspector.denoise.adaptive_median: a pixel at 0 or 255 takes the
+// 3x3 median of its neighbourhood (borders replicated), or the 5x5 median where that is itself an impulse.
+__device__ unsigned char median_of(unsigned char* v, int n) {
+    for (int i = 1; i < n; ++i) { unsigned char x = v[i]; int j = i - 1; while (j >= 0 && v[j] > x) { v[j + 1] = v[j]; --j; } v[j + 1] = x; }
+    return v[n / 2];
+}
+extern "C" __global__ void impulse_median(const unsigned char* src, unsigned char* dst, int h, int w) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    unsigned char c = src[y * w + x];
+    if (c != 0 && c != 255) { dst[y * w + x] = c; return; }
+    unsigned char v[25]; int n = 0;
+    for (int dy = -1; dy <= 1; ++dy) for (int dx = -1; dx <= 1; ++dx)
+        v[n++] = src[min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)];
+    unsigned char m = median_of(v, 9);
+    if (m == 0 || m == 255) {
+        n = 0;
+        for (int dy = -2; dy <= 2; ++dy) for (int dx = -2; dx <= 2; ++dx)
+            v[n++] = src[min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)];
+        m = median_of(v, 25);
+    }
+    dst[y * w + x] = m;
+}
+"""
+
+
+class PycudaExecutor:
+    """Runs a :class:`~inspector.engines.streams.StreamScheduler` schedule on the GPU.
+
+    Buffers are allocated once at the largest profile; the copy and compute
+    streams and one event per (event name) are created in this process.
+    """
+
+    def __init__(self, engines: dict[str, TensorRTEngine], max_batch: int, frame: tuple[int, int]) -> None:
+        _trt, cuda = _import_gpu()
+        from pycuda.compiler import SourceModule
+
+        self.cuda, self.engines, self.frame = cuda, engines, frame
+        cuda.init()
+        self.ctx = cuda.Device(0).retain_primary_context()
+        self.ctx.push()
+        h, w = frame
+        self.host_bufs: dict[str, np.ndarray] = {}
+        self.dev: dict[str, Any] = {}
+        self.item_bytes: dict[str, int] = {}
+        for b in (0, 1):
+            for name, shape, dtype in (
+                (f"in{b}", (max_batch, h, w), np.uint8),
+                (f"noise{b}", (max_batch, 4), np.float32),
+                (f"defect{b}", (max_batch, 2), np.float32),
+            ):
+                self.host_bufs[name] = cuda.pagelocked_empty(shape, dtype)
+            for name, nbytes in (
+                (f"d_in{b}", h * w),
+                (f"d_ae_in{b}", h * w),
+                (f"d_ae_out{b}", h * w),
+                (f"d_tmp{b}", h * w),
+                (f"d_noise{b}", 16),
+                (f"d_defect{b}", 8),
+            ):
+                self.dev[name] = cuda.mem_alloc(max_batch * nbytes)
+                self.item_bytes[name] = nbytes
+        self.streams = {"copy": cuda.Stream(), "compute": cuda.Stream()}
+        self.events: dict[str, Any] = {}
+        self.median = SourceModule(MEDIAN_KERNEL, no_extern_c=True).get_function("impulse_median")
+
+    def host(self, name: str) -> np.ndarray:
+        return self.host_bufs[name]
+
+    def _event(self, name: str) -> Any:
+        if name not in self.events:
+            self.events[name] = self.cuda.Event()
+        return self.events[name]
+
+    def _ptr(self, buf: str, index: int = 0) -> int:
+        return int(self.dev[buf]) + index * self.item_bytes[buf]
+
+    def submit(self, op: Any) -> None:
+        a, s, cuda = op.args, self.streams[op.stream], self.cuda
+        if op.kind == "h2d":
+            cuda.memcpy_htod_async(self.dev[a["dst"]], self.host_bufs[a["src"]][: a["n"]], s)
+        elif op.kind == "d2h":
+            cuda.memcpy_dtoh_async(self.host_bufs[a["dst"]][: a["n"]], self.dev[a["src"]], s)
+        elif op.kind == "d2d":
+            cuda.memcpy_dtod_async(
+                self._ptr(a["dst"], a["dst_i"]), self._ptr(a["src"], a["src_i"]), self.item_bytes[a["src"]], s
+            )
+        elif op.kind == "run":
+            self.engines[a["engine"]].run_on_device(
+                self._ptr(a["src"]), self._ptr(a["dst"]), a["n"], self.frame, s
+            )
+        elif op.kind == "median":
+            h, w = self.frame
+            b = a["buf"][-1]
+            cuda.memcpy_dtod_async(self._ptr(f"d_tmp{b}"), self._ptr(a["buf"], a["i"]), h * w, s)
+            self.median(
+                np.intp(self._ptr(f"d_tmp{b}")), np.intp(self._ptr(a["buf"], a["i"])), np.int32(h), np.int32(w),
+                block=(16, 16, 1), grid=((w + 15) // 16, (h + 15) // 16), stream=s,
+            )  # fmt: skip
+        elif op.kind == "record":
+            self._event(a["event"]).record(s)
+        elif op.kind == "wait":
+            s.wait_for_event(self._event(a["event"]))
+        else:
+            raise ValueError(f"unknown op {op.kind!r}")
+
+    def host_wait(self, event: str) -> None:
+        self._event(event).synchronize()
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.synchronize()
+        for d in self.dev.values():
+            d.free()
+        self.dev = {}
+        self.ctx.pop()
+        self.ctx.detach()

@@ -1,0 +1,63 @@
+"""What of the TensorRT path can be checked without a GPU: profiles, plan checks, clean import and errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from inspector.engines import EngineError, open_engine
+from inspector.engines.tensorrt import TensorRTUnavailable, check_plans, plan_profiles_for, select_profile
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+
+
+def test_profiles_cover_every_batch_up_to_the_max():
+    for max_batch in (1, 2, 3, 8, 16, 64):
+        profiles = plan_profiles_for(max_batch)
+        for b in range(1, max_batch + 1):
+            lo, opt, hi = profiles[select_profile(profiles, b)]
+            assert lo <= b <= hi and lo <= opt <= hi
+        covered = sorted(b for lo, _o, hi in profiles for b in range(lo, hi + 1))
+        assert covered == list(range(1, max_batch + 1)), "profiles must neither overlap nor leave gaps"
+
+
+def test_batch_beyond_the_profiles_is_refused():
+    with pytest.raises(EngineError, match="rebuild with a larger max_batch"):
+        select_profile(plan_profiles_for(8), 9)
+
+
+def test_plans_from_another_machine_are_refused():
+    meta = {"tensorrt": "11.2.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    check_plans(meta, "11.2.0", {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    with pytest.raises(EngineError, match="rebuild them here"):
+        check_plans(meta, "11.3.0", {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    with pytest.raises(EngineError, match="NVIDIA L4"):
+        check_plans(meta, "11.2.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt and pycuda are installed here")
+def test_without_the_gpu_extra_the_backend_says_what_to_install(tmp_path):
+    with pytest.raises(TensorRTUnavailable, match=r"install the gpu extra"):
+        open_engine("tensorrt", tmp_path / "noise.onnx", "noise")
+
+
+def test_unknown_backend_lists_the_valid_ones(tmp_path):
+    with pytest.raises(EngineError, match="onnxruntime, tensorrt"):
+        open_engine("openvino", tmp_path / "x.onnx", "noise")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs tensorrt, pycuda and an NVIDIA GPU")
+def test_tensorrt_plans_match_onnxruntime(tiny_engines):  # pragma: no cover - GPU only
+    import numpy as np
+
+    from engines.trt_build import build_set
+    from inspector.pipeline import Pipeline
+    from inspector.synthetic import ImpellerGenerator
+
+    build_set(tiny_engines, max_batch=8)
+    frames = ImpellerGenerator(seed=2).batch(0, 8)[0]
+    cpu = Pipeline.from_manifest(tiny_engines).run(frames)
+    gpu = Pipeline.from_manifest(tiny_engines, backend="tensorrt").run(frames)
+    np.testing.assert_allclose([r.score for r in gpu], [r.score for r in cpu], atol=1e-3)
