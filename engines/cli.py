@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stage", choices=(*STAGES, "all"), default="all", help="which stage to train (default: all)"
     )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="defect stage: start from this checkpoint and run only the fine-tune phase",
+    )
 
     p = sub.add_parser(
         "package", help="export checkpoints to ONNX, calibrate the threshold, evaluate, write the manifest"
@@ -177,10 +183,19 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
         elif stage == "denoise":
             results[stage] = tr.train_denoise(train.frames, val.frames, profile, args.seed + 2, out, progress)
         else:
+            resume = getattr(args, "resume", None)
             results[stage] = tr.train_defect(
-                train.frames, train.labels, val.frames, val.labels, profile, args.seed + 3, out, progress
+                train.frames,
+                train.labels,
+                val.frames,
+                val.labels,
+                profile,
+                args.seed + 3,
+                out,
+                progress,
+                resume=resume,
             )
-        summary = {k: v for k, v in results[stage].items() if k != "history"}
+        summary = {k: v for k, v in results[stage].items() if "history" not in k and k != "main"}
         print(f"  {stage}: {summary}", flush=True)
     print(f"trained {', '.join(stages)} in {time.time() - t0:.0f} s", flush=True)
     # The record of how these checkpoints were made: a full run replaces it, a single stage adds to it.

@@ -32,6 +32,8 @@ class Profile:
     patience: int
     eval_denoise_frames: int
     defect_lr: float = 2e-3
+    defect_finetune_epochs: int = 0
+    defect_finetune_lr: float = 2e-4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +61,8 @@ PROFILES: dict[str, Profile] = {
         patience=4,
         eval_denoise_frames=500,
         defect_lr=1.5e-3,
+        defect_finetune_epochs=5,
+        defect_finetune_lr=2e-4,
     ),
     "paper": Profile(
         name="paper",
@@ -99,6 +103,7 @@ PROFILES: dict[str, Profile] = {
         ae_batch=4,
         patience=1,
         eval_denoise_frames=8,
+        defect_finetune_epochs=1,
     ),
 }
 

@@ -143,13 +143,23 @@ def _classifier_loop(
     config: dict[str, Any],
     lr: float = 2e-3,
     progress: bool = True,
+    keep_initial: bool = False,
 ) -> dict[str, Any]:
     steps_per_epoch = max(n_train // profile.batch, 1)
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     best = (-1.0, math.inf)
     best_state: dict[str, torch.Tensor] | None = None
-    history = []
+    history: list[dict[str, Any]] = []
+    if keep_initial:
+        # Fine-tuning: the weights we start from are the result to beat.
+        logits = _predict(model, val[0])
+        best = (
+            float((logits.argmax(1) == val[1]).mean()),
+            float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val[1]))),
+        )
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": 0, "val_accuracy": best[0], "val_loss": best[1], "note": "starting weights"})
     stale = 0
     step = 0
     t0 = time.time()
@@ -242,8 +252,14 @@ def train_defect(
     seed: int,
     out: Path,
     progress: bool = True,
+    resume: Path | None = None,
 ) -> dict[str, Any]:
     """Stage 3 on clean frames, with flips, quarter turns and mild sensor noise and blur.
+
+    Two phases: the main schedule, then (``defect_finetune_epochs``) a fine-tune
+    from the best weights at a low learning rate, which keeps them unless it
+    does better. ``resume`` starts from a checkpoint's weights and runs only
+    the fine-tune phase.
 
     The mild noise and blur stand in for what a denoiser leaves behind, so the
     classifier does not learn to rely on a pristine surface.
@@ -264,20 +280,49 @@ def train_defect(
                 frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.3, 0.6))
         return frames, labels[idx]
 
-    return _classifier_loop(
-        "defect",
-        model,
-        make_batch,
-        len(train),
-        (val, val_labels),
-        profile,
-        profile.defect_epochs,
-        rng,
-        out,
-        config,
-        lr=profile.defect_lr,
-        progress=progress,
-    )
+    if resume is not None:
+        start, ckpt = load_checkpoint(resume, "defect")
+        if ckpt["config"] != config:
+            raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
+        model.load_state_dict(start.state_dict())
+        info: dict[str, Any] = {"main": ckpt["info"]}
+    else:
+        info = {
+            "main": _classifier_loop(
+                "defect",
+                model,
+                make_batch,
+                len(train),
+                (val, val_labels),
+                profile,
+                profile.defect_epochs,
+                rng,
+                out,
+                config,
+                lr=profile.defect_lr,
+                progress=progress,
+            )
+        }
+    if profile.defect_finetune_epochs:
+        fine = _classifier_loop(
+            "defect",
+            model,
+            make_batch,
+            len(train),
+            (val, val_labels),
+            profile,
+            profile.defect_finetune_epochs,
+            rng,
+            out,
+            config,
+            lr=profile.defect_finetune_lr,
+            progress=progress,
+            keep_initial=True,
+        )
+        info = {**fine, "main": info["main"], "finetune_history": fine["history"]}
+        save_checkpoint(out, "defect", config, model, info)
+        return info
+    return info["main"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

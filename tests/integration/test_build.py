@@ -166,3 +166,32 @@ def test_cli_trains_on_a_folder_dataset(tmp_path: Path):
     )
     assert res.returncode == 0, res.stderr
     assert torch.load(tmp_path / "ck" / "defect.pt", weights_only=True)["stage"] == "defect"
+
+
+def test_defect_finetune_resumes_and_keeps_the_better_weights(tiny_engines: Path, tmp_path: Path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shutil.copy(tiny_engines.parent / "ck" / "defect.pt", ck / "defect.pt")
+    res = _cli(
+        "train",
+        "--profile",
+        "tiny",
+        "--seed",
+        "3",
+        "--stage",
+        "defect",
+        "--resume",
+        str(ck / "defect.pt"),
+        "--checkpoints",
+        str(ck),
+        "--quiet",
+    )
+    assert res.returncode == 0, res.stderr
+    info = torch.load(ck / "defect.pt", weights_only=True)["info"]
+    assert info["finetune_history"][0]["note"] == "starting weights"
+    # The kept weights are never worse on validation than the ones the fine-tune started from.
+    assert info["val_accuracy"] >= info["finetune_history"][0]["val_accuracy"]
+    lines = (ck / "train_command.txt").read_text().splitlines()
+    assert lines[-1].startswith("inspector-build train") and "--resume" in lines[-1]
