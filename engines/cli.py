@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = "inspector-build " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
