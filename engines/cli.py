@@ -184,6 +184,10 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
             results[stage] = tr.train_denoise(train.frames, val.frames, profile, args.seed + 2, out, progress)
         else:
             resume = getattr(args, "resume", None)
+            ae_path = ckdir / "denoise.pt"
+            denoiser = tr.load_checkpoint(ae_path, "denoise")[0] if ae_path.is_file() else None
+            if denoiser is None:
+                print(f"  no {ae_path}: the defect stage trains on clean frames only", flush=True)
             results[stage] = tr.train_defect(
                 train.frames,
                 train.labels,
@@ -194,6 +198,7 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
                 out,
                 progress,
                 resume=resume,
+                denoiser=denoiser,
             )
         summary = {k: v for k, v in results[stage].items() if "history" not in k and k != "main"}
         print(f"  {stage}: {summary}", flush=True)

@@ -230,21 +230,26 @@ def evaluate_set(
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    d = report["defect"]["rows"]
+    d = report["defect"]
     den = report["denoising"]
-    return {
+    out: dict[str, Any] = {
         "noise_type_accuracy_main_levels": {
             k: v["accuracy"] for k, v in report["noise_type"]["levels"].items() if v["main"]
         },
         "denoise_ssim_main_levels": {
             k: v["methods"][v["ours"]]["ssim_mean"] for k, v in den.items() if v["main"]
         },
-        "defect_accuracy_clean": d["clean (classifier only)"]["accuracy"],
-        "defect_accuracy_mixed_noisy_raw": d["mixed noise without denoising"]["accuracy"],
-        "defect_accuracy_mixed_noisy_pipeline": d["mixed noise full pipeline"]["accuracy"],
-        "gap_recovery": report["defect"]["gap_recovery"],
         "test_frames": report["test_split"]["frames"],
     }
+    for suffix, rows, rec in (
+        ("", d["rows"], d["gap_recovery"]),
+        ("_at_0.5", d["rows_at_0.5"], d["gap_recovery_at_0.5"]),
+    ):
+        out[f"defect_accuracy_clean{suffix}"] = rows["clean (classifier only)"]["accuracy"]
+        out[f"defect_accuracy_mixed_noisy_raw{suffix}"] = rows["mixed noise without denoising"]["accuracy"]
+        out[f"defect_accuracy_mixed_noisy_pipeline{suffix}"] = rows["mixed noise full pipeline"]["accuracy"]
+        out[f"gap_recovery{suffix}"] = rec
+    return out
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

@@ -62,7 +62,7 @@ PROFILES: dict[str, Profile] = {
         eval_denoise_frames=500,
         defect_lr=1.5e-3,
         defect_finetune_epochs=5,
-        defect_finetune_lr=2e-4,
+        defect_finetune_lr=4e-4,
     ),
     "paper": Profile(
         name="paper",

@@ -253,8 +253,17 @@ def train_defect(
     out: Path,
     progress: bool = True,
     resume: Path | None = None,
+    denoiser: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Stage 3 on clean frames, with flips, quarter turns and mild sensor noise and blur.
+    """Stage 3 on what the pipeline feeds it: clean frames and denoised noisy frames, half and half.
+
+    With a ``denoiser`` (the trained stage-2 autoencoder), every training frame
+    also gets a noisy version (gaussian, periodic or salt-and-pepper at a
+    training-range level, in turn) passed through its route - the autoencoder,
+    or the adaptive median - so the classifier learns the denoisers' residue
+    instead of mistaking it for defects (trained on clean frames only, it lost
+    most of its accuracy on autoencoder output). Flips, quarter turns and mild
+    sensor noise on top.
 
     Two phases: the main schedule, then (``defect_finetune_epochs``) a fine-tune
     from the best weights at a low learning rate, which keeps them unless it
@@ -270,8 +279,19 @@ def train_defect(
     config = stage_config("defect", profile)
     model = DefectNet(**config)
 
+    routed = denoised_copies(train, denoiser, seed, progress) if denoiser is not None else None
+    if denoiser is not None:
+        # Validate on what the pipeline sees too: the clean frames and their routed noisy versions.
+        val = np.concatenate([val, denoised_copies(val, denoiser, seed + 9, progress)])
+        val_labels = np.concatenate([val_labels, val_labels])
+
     def make_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        frames = _augment_geometry(train[idx], rng)
+        src = (
+            train[idx]
+            if routed is None
+            else np.where((rng.random(len(idx)) < 0.5)[:, None, None], routed[idx], train[idx])
+        )
+        frames = _augment_geometry(src, rng)
         for i in range(len(frames)):
             r = rng.random()
             if r < 0.2:
@@ -323,6 +343,27 @@ def train_defect(
         save_checkpoint(out, "defect", config, model, info)
         return info
     return info["main"]
+
+
+def denoised_copies(frames: np.ndarray, denoiser: nn.Module, seed: int, progress: bool = True) -> np.ndarray:
+    """Each frame made noisy (gaussian / periodic / salt-and-pepper in turn) and sent through its route."""
+    from inspector.denoise import adaptive_median
+
+    rng = np.random.default_rng([seed, 4242])
+    kinds = ("gaussian", "periodic", "salt_pepper")
+    out = np.empty_like(frames)
+    noisy = np.stack([nz.apply_random(f, kinds[i % 3], rng) for i, f in enumerate(frames)])
+    ae_idx = np.array([i for i in range(len(frames)) if kinds[i % 3] != "salt_pepper"])
+    for i in range(2, len(frames), 3):
+        out[i] = adaptive_median(noisy[i])
+    denoiser.eval()
+    with torch.no_grad():
+        for j in tqdm(
+            range(0, len(ae_idx), 16), desc="denoise training frames", disable=not progress, leave=False
+        ):
+            sel = ae_idx[j : j + 16]
+            out[sel] = denoiser(_to_input(noisy[sel])).numpy()[:, 0]
+    return out
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
