@@ -41,7 +41,9 @@ def _trt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise TensorRTUnavailable("tensorrt is not installed: pip install '.[gpu]' on the GPU host") from exc
+        raise TensorRTUnavailable(
+            "tensorrt is not importable: install the gpu extra (pip install '.[gpu]') on the GPU host"
+        ) from exc
     return trt
 
 
