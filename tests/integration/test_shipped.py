@@ -65,3 +65,13 @@ def test_pipeline_on_fresh_frames():
     pipe.close()
     assert np.mean([r.noise_type == k for r, k in zip(results, kinds, strict=True)]) >= 0.97
     assert np.mean([r.defective == y for r, y in zip(results, labels, strict=True)]) >= 0.85
+
+
+def test_int8_set_is_intact_and_serves():
+    int8 = SHIPPED.parent / "default-int8"
+    m = load_manifest(int8)  # verifies every file's sha256
+    assert m.precision == "int8-qdq" and "inspector-build quantize" in m.command
+    frames = ImpellerGenerator(seed=5).batch(0, 4)[0]
+    pipe = Pipeline.from_manifest(int8, threshold=0.5)
+    assert len(pipe.run(frames)) == 4
+    pipe.close()
