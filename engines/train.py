@@ -300,45 +300,23 @@ def train_defect(
                 frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.3, 0.6))
         return frames, labels[idx]
 
+    def phase(epochs: int, lr: float, keep_initial: bool) -> dict[str, Any]:
+        return _classifier_loop(
+            "defect", model, make_batch, len(train), (val, val_labels), profile, epochs, rng, out, config,
+            lr=lr, progress=progress, keep_initial=keep_initial,
+        )  # fmt: skip
+
+    info: dict[str, Any]
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
         if ckpt["config"] != config:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
         model.load_state_dict(start.state_dict())
-        info: dict[str, Any] = {"main": ckpt["info"]}
+        info = {"main": ckpt["info"]}
     else:
-        info = {
-            "main": _classifier_loop(
-                "defect",
-                model,
-                make_batch,
-                len(train),
-                (val, val_labels),
-                profile,
-                profile.defect_epochs,
-                rng,
-                out,
-                config,
-                lr=profile.defect_lr,
-                progress=progress,
-            )
-        }
+        info = {"main": phase(profile.defect_epochs, profile.defect_lr, keep_initial=False)}
     if profile.defect_finetune_epochs:
-        fine = _classifier_loop(
-            "defect",
-            model,
-            make_batch,
-            len(train),
-            (val, val_labels),
-            profile,
-            profile.defect_finetune_epochs,
-            rng,
-            out,
-            config,
-            lr=profile.defect_finetune_lr,
-            progress=progress,
-            keep_initial=True,
-        )
+        fine = phase(profile.defect_finetune_epochs, profile.defect_finetune_lr, keep_initial=True)
         info = {**fine, "main": info["main"], "finetune_history": fine["history"]}
         save_checkpoint(out, "defect", config, model, info)
         return info

@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
     )
-    p.add_argument("--count", type=int, default=600, help="frames to send (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=40.0, help="frames per second (default: %(default)s)")
+    p.add_argument("--count", type=int, default=500, help="frames to send (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=25.0, help="frames per second (default: %(default)s)")
     p.add_argument("--defect-rate", type=float, default=0.3)
     p.add_argument("--noise-mix", default="clean=0.55,gaussian=0.15,salt_pepper=0.15,periodic=0.15")
     p.add_argument("--seed", type=int, default=7)

@@ -63,30 +63,25 @@ def check_plans(meta: dict[str, Any], trt_version: str, identity: dict[str, str]
         )
 
 
+def _require(module: str) -> Any:
+    """Import a GPU-only module, or say what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            f"{module.split('.')[0]} is not importable: install the gpu extra (pip install '.[gpu]')"
+        ) from exc
+
+
 def _import_gpu() -> tuple[Any, Any]:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "tensorrt is not importable: install the gpu extra (pip install '.[gpu]')"
-        ) from exc
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "pycuda is not importable: install the gpu extra (pip install '.[gpu]')"
-        ) from exc
-    return trt, cuda
+    return _require("tensorrt"), _require("pycuda.driver")
 
 
 def gpu_identity() -> dict[str, str]:
     """Name and compute capability of GPU 0."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "pycuda is not importable: install the gpu extra (pip install '.[gpu]')"
-        ) from exc
+    cuda = _require("pycuda.driver")
     try:
         cuda.init()
         if cuda.Device.count() == 0:
