@@ -158,7 +158,11 @@ class PublisherWorker(Worker):
         self.m.verdicts.labels(verdict.value).inc()
         self.m.e2e_ms.observe(total_ms)
         if slot is not None:
-            self.backlog.append(("free", self.gen, [slot]))
+            # Coalesce: one message to ingest per flush, not one per verdict.
+            if self.backlog and self.backlog[-1][0] == "free" and self.backlog[-1][1] == self.gen:
+                self.backlog[-1][2].append(slot)
+            else:
+                self.backlog.append(("free", self.gen, [slot]))
         if verdict in (Verdict.ERROR, Verdict.TIMEOUT, Verdict.DROPPED):
             self.log.debug(
                 "reject",
