@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from calibration.metrics import binary_metrics
 from inspector import noise as nz
-from inspector.denoise import adaptive_median, median3
+from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, median3
 from inspector.pipeline import Pipeline
 
 MAIN_NOISY = [lv for lv in nz.REPORT_LEVELS if lv.main and lv.kind != "clean"]
@@ -144,18 +144,22 @@ def evaluate_denoising(
         noisy, ref = noisy_all[n_tune : n_tune + n_eval], clean[n_tune : n_tune + n_eval]
         h = _tune(nlm, NLM_H, tune_n, tune_c)
         s = _tune(gblur, BLUR_SIGMA, tune_n, tune_c)
-        if level.kind == "salt_pepper":
-            ours_name = "adaptive median (route)"
-            ours = np.stack([adaptive_median(f) for f in noisy])
+        route = pipe.routes[level.kind]
+        ae_out = batched(
+            lambda b: ae.infer(b[:, None])[:, 0],
+            noisy,
+            batch=8,
+            desc=f"autoencoder {level.name}",
+            progress=progress,
+        )
+        others: dict[str, np.ndarray] = {}
+        if route == AUTOENCODER:
+            ours_name, ours = "autoencoder (route)", ae_out
         else:
-            ours_name = "autoencoder (route)"
-            ours = batched(
-                lambda b: ae.infer(b[:, None])[:, 0],
-                noisy,
-                batch=8,
-                desc=f"autoencoder {level.name}",
-                progress=progress,
-            )
+            ours_name = f"{route.replace('_', ' ')} (route)"
+            ours = np.stack([CLASSICAL_FILTERS[route](f) for f in noisy])
+            if level.kind == "periodic":
+                others["autoencoder (not routed)"] = ae_out
         methods = {
             "noisy input": noisy,
             ours_name: ours,
@@ -164,6 +168,7 @@ def evaluate_denoising(
                 [nlm(f, h) for f in tqdm(noisy, desc=f"nlm {level.name}", disable=not progress, leave=False)]
             ),
             f"gaussian blur (sigma={s:g})": np.stack([gblur(f, s) for f in noisy]),
+            **others,
         }
         rows = {}
         for name, imgs in methods.items():
@@ -174,7 +179,7 @@ def evaluate_denoising(
                 "ssim_mean": float(q[:, 1].mean()),
                 "ssim_std": float(q[:, 1].std()),
             }
-        baselines = [k for k in rows if k not in ("noisy input", ours_name)]
+        baselines = [k for k in rows if k not in ("noisy input", ours_name, *others)]
         best_base = max(baselines, key=lambda k: rows[k]["ssim_mean"])
         table[level.name] = {
             "kind": level.kind,
@@ -265,10 +270,14 @@ def stage_latency(pipe: Pipeline, frames: np.ndarray, batch: int = 8, repeats: i
             engine.infer(x[:, None])
             times.append(time.perf_counter() - t0)
         out[stage] = float(np.median(times) * 1e3 / batch)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        adaptive_median(x[0])
-    out["adaptive_median"] = (time.perf_counter() - t0) * 1e3 / repeats
+    rng = np.random.default_rng(0)
+    for name, kind in (("adaptive_median", "salt_pepper"), ("sinusoid_fit", "periodic")):
+        level = next(lv for lv in nz.REPORT_LEVELS if lv.kind == kind and lv.main)
+        noisy = nz.apply_level(x[0], level, rng)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            CLASSICAL_FILTERS[name](noisy)
+        out[name] = (time.perf_counter() - t0) * 1e3 / repeats
     return out
 
 

@@ -171,6 +171,8 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         data=args.data,
         threshold=cal["threshold"],
         escape_target=args.escape_rate,
+        salt_pepper_filter=pipe.routes["salt_pepper"],
+        periodic_filter=pipe.routes["periodic"],
         stages=entries,
         checkpoints=shipped_ck,
         budget_gflop=budget,

@@ -260,7 +260,7 @@ def train_defect(
     With a ``denoiser`` (the trained stage-2 autoencoder), every training frame
     also gets a noisy version (gaussian, periodic or salt-and-pepper at a
     training-range level, in turn) passed through its route - the autoencoder,
-    or the adaptive median - so the classifier learns the denoisers' residue
+    the sinusoid fit or the adaptive median - so the classifier learns the denoisers' residue
     instead of mistaking it for defects (trained on clean frames only, it lost
     most of its accuracy on autoencoder output). Flips, quarter turns and mild
     sensor noise on top.
@@ -324,16 +324,23 @@ def train_defect(
 
 
 def denoised_copies(frames: np.ndarray, denoiser: nn.Module, seed: int, progress: bool = True) -> np.ndarray:
-    """Each frame made noisy (gaussian / periodic / salt-and-pepper in turn) and sent through its route."""
-    from inspector.denoise import adaptive_median
+    """Each frame made noisy (gaussian / periodic / salt-and-pepper in turn) and sent through its route.
 
+    The routes are the runtime's defaults (``inspector.denoise.routes``): the autoencoder for
+    gaussian, the sinusoid fit for periodic, the impulse median for salt-and-pepper.
+    """
+    from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, routes
+
+    route = routes("adaptive_median", "sinusoid_fit")
     rng = np.random.default_rng([seed, 4242])
     kinds = ("gaussian", "periodic", "salt_pepper")
     out = np.empty_like(frames)
     noisy = np.stack([nz.apply_random(f, kinds[i % 3], rng) for i, f in enumerate(frames)])
-    ae_idx = np.array([i for i in range(len(frames)) if kinds[i % 3] != "salt_pepper"])
-    for i in range(2, len(frames), 3):
-        out[i] = adaptive_median(noisy[i])
+    ae_idx = np.array([i for i in range(len(frames)) if route[kinds[i % 3]] == AUTOENCODER])
+    for i in tqdm(range(len(frames)), desc="classical routes", disable=not progress, leave=False):
+        name = route[kinds[i % 3]]
+        if name != AUTOENCODER:
+            out[i] = CLASSICAL_FILTERS[name](noisy[i])
     denoiser.eval()
     with torch.no_grad():
         for j in tqdm(

@@ -5,9 +5,22 @@ Salt-and-pepper noise is routed here. :func:`median3` is the study's filter;
 impulses (exactly 0 or 255), taking the 3x3 median, or the 5x5 median where
 the 3x3 one is itself an impulse. Unlike a plain median it leaves every
 uncorrupted pixel as it was, so fine detail (and defects) survive.
+
+Periodic noise is routed to :func:`sinusoid_fit` by default: interference is a
+sum of planar sinusoids, each a sharp pair of peaks in the spectrum. The filter
+finds the peaks, refines each frequency to a fraction of a bin, fits every
+component's amplitude and phase jointly by least squares (imputing the pixels
+that the noise drove into clipping, so clipping does not bias the fit),
+subtracts the fitted pattern and inpaints the clipped pixels. Unlike a notch
+filter it removes nothing else from the spectrum; unlike the autoencoder it
+keeps every defect edge (why it replaced the autoencoder on this route:
+``docs/design-notes.md``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -33,4 +46,114 @@ def adaptive_median(frame: np.ndarray) -> np.ndarray:
     return np.where(impulse, fill, frame).astype(np.uint8)
 
 
-SALT_PEPPER_FILTERS = {"median3": median3, "adaptive_median": adaptive_median}
+# --- periodic interference -------------------------------------------------------------------------------
+
+MAX_SINUSOIDS = 3  # the noise model's upper bound; more components are left for the classifier to judge
+MIN_CYCLES = 3.0  # lower spatial frequencies belong to the part (hub, rim, lighting), not to interference
+PEAK_PROMINENCE = 8.0  # a peak must stand this far above its spectral neighbourhood (clean frames: none do)
+
+
+@lru_cache(maxsize=4)
+def _spectral_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window, and the mask of candidate peaks: one half-plane, radius >= MIN_CYCLES."""
+    win = np.outer(np.hanning(h), np.hanning(w))
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, cx = h // 2, w // 2
+    half = (yy > cy) | ((yy == cy) & (xx > cx))
+    return win, half & (np.hypot(yy - cy, xx - cx) >= MIN_CYCLES)
+
+
+def _dft_at(img: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
+    """DFT of ``img`` at fractional frequencies (cycles per frame): ``(len(vs), len(us))`` complex."""
+    h, w = img.shape
+    ex = np.exp(-2j * np.pi * np.outer(np.arange(w), us) / w)
+    ey = np.exp(-2j * np.pi * np.outer(vs, np.arange(h)) / h)
+    return np.asarray(ey @ (img @ ex))
+
+
+def find_sinusoids(frame: np.ndarray, max_components: int = MAX_SINUSOIDS) -> list[tuple[float, float]]:
+    """Frequencies ``(u, v)`` in cycles per frame (x, y) of the planar sinusoids in a (H, W) frame."""
+    h, w = frame.shape
+    win, candidates = _spectral_grid(h, w)
+    g = (frame - frame.mean()) * win
+    mag = np.abs(np.fft.fftshift(np.fft.fft2(g)))
+    cand = np.where(candidates, mag, 0.0)
+    cy, cx = h // 2, w // 2
+    found: list[tuple[float, float]] = []
+    for _ in range(max_components):
+        py, px = (int(i) for i in np.unravel_index(int(np.argmax(cand)), cand.shape))
+        y0, x0 = max(py - 6, 0), max(px - 6, 0)
+        hood = mag[y0 : py + 7, x0 : px + 7]
+        core = np.zeros(hood.shape, bool)
+        core[max(py - y0 - 2, 0) : py - y0 + 3, max(px - x0 - 2, 0) : px - x0 + 3] = True
+        if mag[py, px] < PEAK_PROMINENCE * (float(np.median(hood[~core])) + 1e-9):
+            break
+        cand[max(py - 1, 0) : py + 2, max(px - 1, 0) : px + 2] = 0.0
+        # Refine to a fraction of a bin: the interference need not have a whole number of cycles per frame.
+        u, v, step = float(px - cx), float(py - cy), 0.5
+        for _ in range(4):
+            us, vs = u + step * np.arange(-2, 3), v + step * np.arange(-2, 3)
+            j, i = np.unravel_index(int(np.argmax(np.abs(_dft_at(g, us, vs)))), (5, 5))
+            u, v, step = float(us[i]), float(vs[j]), step / 4
+        if all(abs(u - fu) + abs(v - fv) > 0.5 for fu, fv in found):  # a neighbour of a peak already found
+            found.append((u, v))
+    return found
+
+
+def _fill_from_valid(img: np.ndarray, valid: np.ndarray, k: int = 9) -> np.ndarray:
+    """Normalised box blur of ``img`` over ``valid`` pixels only (a cheap local estimate where invalid)."""
+    den = cv2.blur(valid.astype(np.float32), (k, k))
+    num = cv2.blur((img * valid).astype(np.float32), (k, k))
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), img)
+
+
+def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Remove periodic interference from a (H, W) uint8 frame; frames without any come back unchanged."""
+    n = frame.astype(np.float64)
+    freqs = find_sinusoids(n)
+    if not freqs:
+        return frame.copy()
+    h, w = frame.shape
+    y, x = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
+    cols = []
+    for u, v in freqs:
+        arg = 2 * np.pi * (np.add.outer(v * y / h, u * x / w))
+        cols += [np.sin(arg).ravel(), np.cos(arg).ravel()]
+    basis = np.stack([*cols, np.ones(h * w)], axis=1)
+    solve = np.linalg.pinv(basis.T @ basis) @ basis.T  # (k, H*W): least squares for a fixed basis
+    lo, hi = frame == 0, frame == 255
+    clipped = lo | hi
+    observed = n
+    for _ in range(iterations if clipped.any() else 1):
+        coef = solve @ observed.ravel()
+        pattern = (basis[:, :-1] @ coef[:-1]).reshape(h, w)
+        if not clipped.any():
+            break
+        # Clipped pixels hide how far the pattern pushed them: impute the part from its unclipped
+        # neighbours, add the pattern back, keep it on the clipped side, and refit.
+        guess = _fill_from_valid(n - pattern, ~clipped) + pattern
+        observed = np.where(lo, np.minimum(guess, 0), np.where(hi, np.maximum(guess, 255), n))
+    out = np.clip(np.rint(n - pattern), 0, 255).astype(np.uint8)
+    if clipped.any():
+        out = cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return out
+
+
+Filter = Callable[[np.ndarray], np.ndarray]
+SALT_PEPPER_FILTERS: dict[str, Filter] = {"median3": median3, "adaptive_median": adaptive_median}
+PERIODIC_FILTERS: dict[str, Filter] = {"sinusoid_fit": sinusoid_fit}
+CLASSICAL_FILTERS: dict[str, Filter] = {**SALT_PEPPER_FILTERS, **PERIODIC_FILTERS}
+AUTOENCODER = "autoencoder"
+
+
+def routes(salt_pepper: str, periodic: str) -> dict[str, str]:
+    """Denoiser name per noise type (clean frames pass through): checks that every name exists."""
+    if salt_pepper not in SALT_PEPPER_FILTERS:
+        raise ValueError(
+            f"unknown salt-and-pepper filter {salt_pepper!r}; valid: {sorted(SALT_PEPPER_FILTERS)}"
+        )
+    if periodic != AUTOENCODER and periodic not in PERIODIC_FILTERS:
+        raise ValueError(
+            f"unknown periodic filter {periodic!r}; valid: {sorted([AUTOENCODER, *PERIODIC_FILTERS])}"
+        )
+    return {"gaussian": AUTOENCODER, "salt_pepper": salt_pepper, "periodic": periodic}

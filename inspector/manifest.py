@@ -70,6 +70,10 @@ class Manifest(BaseModel):
     escape_target: float
     precision: str = Field(default="float32", description="float32, or int8-qdq for a quantized set")
     salt_pepper_filter: str = "adaptive_median"
+    periodic_filter: str = Field(
+        default="autoencoder",
+        description="route for periodic noise: sinusoid_fit (sets since 2026-11-25) or autoencoder (older sets)",
+    )
     stages: dict[str, StageEntry]
     checkpoints: dict[str, str] = Field(
         default_factory=dict,

@@ -1,8 +1,8 @@
 """The three-stage inspection pipeline over a batch of frames.
 
-noise type (stage 1, whole batch) -> denoiser routed per frame (median for
-salt-and-pepper, the autoencoder for Gaussian and periodic, pass-through for
-clean) -> defect classifier (stage 3, whole batch) -> decision at the
+noise type (stage 1, whole batch) -> denoiser routed per frame (impulse median
+for salt-and-pepper, the autoencoder for Gaussian, the sinusoid fit - or, in
+older engine sets, the autoencoder - for periodic, pass-through for clean) -> defect classifier (stage 3, whole batch) -> decision at the
 threshold. The daemon and the build step's evaluation both run this code, so
 what is measured is what is served.
 """
@@ -16,12 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from inspector.denoise import SALT_PEPPER_FILTERS
+from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, routes
 from inspector.engines import Engine, open_engine
 from inspector.manifest import Manifest, load_manifest
 from inspector.noise import NOISE_TYPES
-
-AE_ROUTED = ("gaussian", "periodic")
 
 
 @dataclass
@@ -50,16 +48,12 @@ class Pipeline:
         engines: dict[str, Engine],
         threshold: float,
         salt_pepper_filter: str = "adaptive_median",
+        periodic_filter: str = "sinusoid_fit",
         manifest: Manifest | None = None,
     ) -> None:
-        if salt_pepper_filter not in SALT_PEPPER_FILTERS:
-            raise ValueError(
-                f"unknown salt-and-pepper filter {salt_pepper_filter!r}; valid: {sorted(SALT_PEPPER_FILTERS)}"
-            )
         self.engines = engines
         self.threshold = float(threshold)
-        self.sp_name = salt_pepper_filter
-        self.sp_filter = SALT_PEPPER_FILTERS[salt_pepper_filter]
+        self.routes = routes(salt_pepper_filter, periodic_filter)
         self.manifest = manifest
 
     @classmethod
@@ -81,6 +75,7 @@ class Pipeline:
             engines,
             manifest.threshold if threshold is None else threshold,
             manifest.salt_pepper_filter,
+            manifest.periodic_filter,
             manifest=manifest,
         )
 
@@ -92,18 +87,13 @@ class Pipeline:
     def denoise(self, frames: np.ndarray, noise_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Route each frame to its denoiser; returns the frames to inspect and the denoiser names."""
         out = frames.copy()
-        names = ["none"] * len(frames)
-        kinds = [NOISE_TYPES[i] for i in noise_idx]
-        ae_idx = [i for i, k in enumerate(kinds) if k in AE_ROUTED]
-        for i, k in enumerate(kinds):
-            if k == "salt_pepper":
-                out[i] = self.sp_filter(frames[i])
-                names[i] = self.sp_name
+        names = [self.routes.get(NOISE_TYPES[i], "none") for i in noise_idx]
+        ae_idx = [i for i, name in enumerate(names) if name == AUTOENCODER]
+        for i, name in enumerate(names):
+            if name in CLASSICAL_FILTERS:
+                out[i] = CLASSICAL_FILTERS[name](frames[i])
         if ae_idx:
-            den = self.engines["denoise"].infer(frames[ae_idx][:, None])
-            out[ae_idx] = den[:, 0]
-            for i in ae_idx:
-                names[i] = "autoencoder"
+            out[ae_idx] = self.engines["denoise"].infer(frames[ae_idx][:, None])[:, 0]
         return out, names
 
     def score(self, frames: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ Per batch (double-buffered: batch N uses buffer set N % 2):
     host:           wait noise(N), route (the only host round trip: N x 4 floats)
     compute stream: gather AE frames (d2d) -> autoencoder -> scatter back (d2d);
                     impulse median in place for salt-and-pepper frames;
+                    frames routed to a host filter (the periodic sinusoid fit) are filtered
+                    on the host from the batch's own frames into staging buffer fix(N % 2)
+                    and uploaded into their slot (no extra round trip: the host has them);
                     defect engine -> record consumed(N) -> download scores -> record done(N)
     host:           wait done(N)
 
@@ -30,9 +33,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inspector.denoise import adaptive_median
+from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, adaptive_median, routes
 from inspector.noise import NOISE_TYPES
-from inspector.pipeline import AE_ROUTED, softmax
+from inspector.pipeline import softmax
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Op:
     """One device operation: ``kind`` with its arguments, issued on ``stream``."""
 
     stream: str
-    kind: str  # h2d | d2h | d2d | run | median | record | wait
+    kind: str  # h2d | h2d_slot | d2h | d2d | run | median | record | wait
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,12 +63,19 @@ class StreamScheduler:
     """Issues the per-batch schedule above; ``run`` returns the same results as the CPU pipeline."""
 
     def __init__(
-        self, executor: Executor, threshold: float, copy_stream: str = "copy", compute_stream: str = "compute"
+        self,
+        executor: Executor,
+        threshold: float,
+        route: dict[str, str] | None = None,
+        copy_stream: str = "copy",
+        compute_stream: str = "compute",
     ) -> None:
         self.x = executor
         self.threshold = threshold
+        self.route = route if route is not None else routes("adaptive_median", "sinusoid_fit")
         self.cs, self.ks = copy_stream, compute_stream
         self.batch_no = 0
+        self.frames: dict[int, np.ndarray] = {}  # batch N's frames until infer(N), for host filters
 
     def upload(self, frames: np.ndarray) -> int:
         """Stage ``frames`` into host buffer set N % 2 and enqueue its upload; returns N."""
@@ -75,6 +85,7 @@ class StreamScheduler:
         if n >= 2:
             self.x.host_wait(f"uploaded{n - 2}")  # the host buffer is free again once its upload is done
         self.x.host(f"in{b}")[: len(frames)] = frames
+        self.frames[n] = frames
         if n >= 2:
             self.x.submit(Op(self.cs, "wait", {"event": f"consumed{n - 2}"}))
         self.x.submit(Op(self.cs, "h2d", {"src": f"in{b}", "dst": f"d_in{b}", "n": len(frames)}))
@@ -92,9 +103,9 @@ class StreamScheduler:
         self.x.host_wait(f"noise{n}")
         probs = softmax(self.x.host(f"noise{b}")[:count])
         ids, conf = probs.argmax(axis=1), probs.max(axis=1)
-        kinds = [NOISE_TYPES[i] for i in ids]
-        names = ["none"] * count
-        ae = [i for i, kd in enumerate(kinds) if kd in AE_ROUTED]
+        frames = self.frames.pop(n)
+        names = [self.route.get(NOISE_TYPES[i], "none") for i in ids]
+        ae = [i for i, name in enumerate(names) if name == AUTOENCODER]
         for j, i in enumerate(ae):
             sub(Op(k, "d2d", {"src": f"d_in{b}", "src_i": i, "dst": f"d_ae_in{b}", "dst_i": j}))
         if ae:
@@ -103,11 +114,12 @@ class StreamScheduler:
             )
         for j, i in enumerate(ae):
             sub(Op(k, "d2d", {"src": f"d_ae_out{b}", "src_i": j, "dst": f"d_in{b}", "dst_i": i}))
-            names[i] = "autoencoder"
-        for i, kd in enumerate(kinds):
-            if kd == "salt_pepper":
+        for i, name in enumerate(names):
+            if name == "adaptive_median":  # a CUDA kernel on the device
                 sub(Op(k, "median", {"buf": f"d_in{b}", "i": i}))
-                names[i] = "adaptive_median"
+            elif name in CLASSICAL_FILTERS:  # on the host; fix{b} is free: infer(N - 2) waited for done
+                self.x.host(f"fix{b}")[i] = CLASSICAL_FILTERS[name](frames[i])
+                sub(Op(k, "h2d_slot", {"src": f"fix{b}", "dst": f"d_in{b}", "i": i}))
         sub(Op(k, "run", {"engine": "defect", "src": f"d_in{b}", "dst": f"d_defect{b}", "n": count}))
         sub(Op(k, "record", {"event": f"consumed{n}"}))
         sub(Op(k, "d2h", {"src": f"d_defect{b}", "dst": f"defect{b}", "n": count}))
@@ -136,6 +148,7 @@ class SimulatedExecutor:
         self.bufs: dict[str, np.ndarray] = {}
         for b in (0, 1):
             self.bufs[f"in{b}"] = np.zeros((max_batch, h, w), np.uint8)
+            self.bufs[f"fix{b}"] = np.zeros((max_batch, h, w), np.uint8)
             self.bufs[f"d_in{b}"] = np.zeros((max_batch, h, w), np.uint8)
             self.bufs[f"d_ae_in{b}"] = np.zeros((max_batch, h, w), np.uint8)
             self.bufs[f"d_ae_out{b}"] = np.zeros((max_batch, h, w), np.uint8)
@@ -181,6 +194,8 @@ class SimulatedExecutor:
             bufs[a["dst"]][: a["n"]] = bufs[a["src"]][: a["n"]]
         elif op.kind == "d2d":
             bufs[a["dst"]][a["dst_i"]] = bufs[a["src"]][a["src_i"]]
+        elif op.kind == "h2d_slot":
+            bufs[a["dst"]][a["i"]] = bufs[a["src"]][a["i"]]
         elif op.kind == "run":
             out = self.engines[a["engine"]].infer(bufs[a["src"]][: a["n"], None])
             bufs[a["dst"]][: a["n"]] = out[:, 0] if out.ndim == 4 else out

@@ -231,6 +231,7 @@ class PycudaExecutor:
         for b in (0, 1):
             for name, shape, dtype in (
                 (f"in{b}", (max_batch, h, w), np.uint8),
+                (f"fix{b}", (max_batch, h, w), np.uint8),
                 (f"noise{b}", (max_batch, 4), np.float32),
                 (f"defect{b}", (max_batch, 2), np.float32),
             ):
@@ -266,6 +267,8 @@ class PycudaExecutor:
             cuda.memcpy_htod_async(self.dev[a["dst"]], self.host_bufs[a["src"]][: a["n"]], s)
         elif op.kind == "d2h":
             cuda.memcpy_dtoh_async(self.host_bufs[a["dst"]][: a["n"]], self.dev[a["src"]], s)
+        elif op.kind == "h2d_slot":
+            cuda.memcpy_htod_async(self._ptr(a["dst"], a["i"]), self.host_bufs[a["src"]][a["i"]], s)
         elif op.kind == "d2d":
             cuda.memcpy_dtod_async(
                 self._ptr(a["dst"], a["dst_i"]), self._ptr(a["src"], a["src_i"]), self.item_bytes[a["src"]], s

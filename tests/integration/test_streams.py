@@ -45,7 +45,7 @@ def _pipelined(sched: StreamScheduler, batches: list[np.ndarray]) -> list[tuple]
 def test_schedule_matches_the_cpu_pipeline_under_any_interleaving(tiny_engines: Path, batches, seed, prefer):
     pipe = Pipeline.from_manifest(tiny_engines)
     ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed, prefer=prefer)
-    got = _pipelined(StreamScheduler(ex, pipe.threshold), batches)
+    got = _pipelined(StreamScheduler(ex, pipe.threshold, pipe.routes), batches)
     for frames, (ids, _conf, names, scores) in zip(batches, got, strict=True):
         want = pipe.run(frames)
         assert [nz.NOISE_TYPES[i] for i in ids] == [r.noise_type for r in want]

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from inspector import noise as nz
-from inspector.denoise import adaptive_median, median3
+from inspector.denoise import adaptive_median, find_sinusoids, median3, routes, sinusoid_fit
 from inspector.synthetic import ImpellerGenerator
 
 
@@ -28,3 +29,51 @@ def test_adaptive_median_beats_median3_at_every_report_level():
     for density in (0.05, 0.10, 0.20):
         noisy = nz.salt_pepper(clean, density, np.random.default_rng(1))
         assert _psnr(adaptive_median(noisy), clean) > _psnr(median3(noisy), clean) + 1.0
+
+
+def _ssim(a, b):
+    from skimage.metrics import structural_similarity
+
+    return structural_similarity(a / 255.0, b / 255.0, data_range=1.0)
+
+
+def test_sinusoid_fit_removes_periodic_noise_at_the_main_level():
+    g, rng = ImpellerGenerator(seed=4), np.random.default_rng(2)
+    level = next(lv for lv in nz.REPORT_LEVELS if lv.kind == "periodic" and lv.main)
+    for i in range(4):
+        clean = g.sample(i).image
+        noisy = nz.apply_level(clean, level, rng)
+        assert _ssim(noisy, clean) < 0.4
+        assert _ssim(sinusoid_fit(noisy), clean) > 0.97
+
+
+def test_sinusoid_fit_finds_every_component_of_a_training_range_mix():
+    clean = ImpellerGenerator(seed=4).sample(5).image
+    comps = [
+        nz.Sinusoid(amplitude=0.15, cycles=9.3, theta=0.4, phase=1.0),
+        nz.Sinusoid(amplitude=0.1, cycles=41.7, theta=2.0, phase=0.3),
+    ]
+    found = find_sinusoids(nz.periodic(clean, comps).astype(np.float64))
+    want = [(c.cycles * np.cos(c.theta), c.cycles * np.sin(c.theta)) for c in comps]
+    # A peak and its mirror image are the same sinusoid: compare up to sign.
+    for u, v in want:
+        assert min(min(abs(u - fu) + abs(v - fv), abs(u + fu) + abs(v + fv)) for fu, fv in found) < 0.2
+    assert len(found) == 2
+
+
+def test_sinusoid_fit_leaves_frames_without_interference_unchanged():
+    g, rng = ImpellerGenerator(seed=4), np.random.default_rng(3)
+    for i in range(6):
+        clean = g.sample(10 + i).image
+        np.testing.assert_array_equal(sinusoid_fit(clean), clean)
+        for kind in ("gaussian", "salt_pepper"):
+            noisy = nz.apply_random(clean, kind, rng)
+            np.testing.assert_array_equal(sinusoid_fit(noisy), noisy)
+
+
+def test_routes_reject_unknown_filters():
+    assert routes("median3", "autoencoder")["periodic"] == "autoencoder"
+    with pytest.raises(ValueError, match="periodic filter"):
+        routes("adaptive_median", "notch")
+    with pytest.raises(ValueError, match="salt-and-pepper filter"):
+        routes("box", "sinusoid_fit")
