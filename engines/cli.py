@@ -6,6 +6,8 @@ Typical use::
     inspector-build train --stage defect --data /data/casting_data --out build/myline
     inspector-build package --checkpoints build/default --out engines/default
     inspector-build evaluate --engines engines/default
+    inspector-build train --stage defect --arch resnet50 --checkpoints build/resnet50
+    inspector-build compare --out docs/comparison           # the classifier comparison (~1 h, 2 cores)
 
 Checkpoints go to ``--checkpoints`` (default ``build/<profile>``); an engine set
 (ONNX files, manifest.json, report.json, report.md, figures/) goes to ``--out``.
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines.architectures import ARCHS
 from engines.profiles import PROFILES, get_profile
 
 STAGES = ("noise", "denoise", "defect")
@@ -52,6 +55,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--test-frames", type=int, default=None, help="override the profile's number of test frames"
+    )
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=None,
+        help="defect classifier architecture (default: the profile's, vgg16); every one exports and serves",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -154,6 +163,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=None,
+        help="defect stage: fail unless the checkpoint is this architecture",
+    )
+
+    p = sub.add_parser(
+        "compare",
+        help="the study's classifier comparison: train every architecture with several seeds, one table",
+        description="Train the defect stage once per architecture and seed on the same frames, export each to "
+        "ONNX, and score it on clean frames, noisy frames without denoising and noisy frames through the "
+        "pipeline (the noise classifier and denoisers of --engines). Writes README.md (the table), "
+        "results.json and accuracy_vs_latency.png to --out.",
+    )
+    p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: %(default)s)")
+    p.add_argument(
+        "--profile",
+        default="compare",
+        choices=sorted(PROFILES),
+        help="schedule and sizes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=Path("engines/default"),
+        help="engine set whose noise classifier and denoisers route the noisy frames (default: %(default)s)",
+    )
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder <root>/<split>/<class>/")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data splits (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("docs/comparison"), help="results folder (default: %(default)s)"
+    )
+    p.add_argument("--train-frames", type=int, default=None, help="override the profile's training frames")
+    p.add_argument("--test-frames", type=int, default=None, help="override the profile's test frames")
+    p.add_argument("--input-size", type=int, default=None, help="override the profile's defect input size")
+    p.add_argument("--width", type=float, default=None, help="override the profile's width multiplier")
+    p.add_argument("--epochs", type=int, default=None, help="override the profile's defect epochs")
+    p.add_argument("--keep-runs", action="store_true", help="keep every run's checkpoint and ONNX file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -165,7 +215,7 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
     from engines import train as tr
     from engines.data import load_split
 
-    profile = get_profile(args.profile, train_frames=args.train_frames)
+    profile = get_profile(args.profile, train_frames=args.train_frames, defect_arch=args.arch)
     progress = not args.quiet
     ckdir = checkpoint_dir(args)
     t0 = time.time()
@@ -208,6 +258,14 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
     prior = marker.read_text() if marker.is_file() and len(stages) < len(STAGES) else ""
     marker.write_text(prior + command + "\n")
     return results
+
+
+def _check_arch(arch: str, checkpoint: Path) -> None:
+    from engines.train import CheckpointError, load_checkpoint
+
+    found = load_checkpoint(checkpoint, "defect")[1]["config"].get("arch", "vgg16")
+    if found != arch:
+        raise CheckpointError(f"{checkpoint} is a {found} checkpoint, not {arch}")
 
 
 def rebuild(args: argparse.Namespace, command: str) -> None:
@@ -263,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.cmd == "all":
                 cmd_train(args, STAGES, command)
+            elif args.arch is not None:
+                _check_arch(args.arch, checkpoint_dir(args) / "defect.pt")
             package(args, command)
         elif args.cmd == "quantize":
             from engines.quantize import quantize_set
@@ -270,15 +330,26 @@ def main(argv: list[str] | None = None) -> int:
             quantize_set(args, command)
         elif args.cmd == "rebuild":
             rebuild(args, command)
+        elif args.cmd == "compare":
+            from engines.compare import compare
+
+            compare(args, command)
         elif args.cmd == "evaluate":
             from engines.package import reevaluate
+            from inspector.manifest import load_manifest
 
+            found = load_manifest(args.engines, verify=False).stages["defect"].arch
+            if args.arch is not None and found != args.arch:
+                raise ValueError(f"{args.engines} has a {found} defect classifier, not {args.arch}")
             reevaluate(args)
         elif args.cmd == "export":
             from engines.export import export_onnx, parity
             from engines.train import load_checkpoint
 
-            model, _ = load_checkpoint(args.checkpoint, args.stage)
+            model, ckpt = load_checkpoint(args.checkpoint, args.stage)
+            arch = ckpt["config"].get("arch", "vgg16") if args.stage == "defect" else None
+            if args.arch is not None and args.stage == "defect" and arch != args.arch:
+                raise CheckpointError(f"{args.checkpoint} is a {arch} checkpoint, not {args.arch}")
             export_onnx(model, args.out)
             diff = parity(model, args.out, args.stage)
             print(f"exported {args.stage} to {args.out} (max |torch - onnxruntime| = {diff:.2e})")

@@ -12,7 +12,8 @@ graph, so training and serving cannot disagree about preprocessing.
   cos/sin MatMuls) plus three spatial impulse channels, into a VGG16.
 - :class:`DenoiseAE` - stage 2: a fully convolutional encoder/decoder with
   skip connections that predicts the noise residual; any frame size.
-- :class:`DefectNet` - stage 3: a VGG16 on the resized frame, ok/defective.
+- :class:`DefectNet` - stage 3: a VGG16 (or another of ``engines.architectures``)
+  on the resized frame, ok/defective.
 """
 
 from __future__ import annotations
@@ -71,11 +72,17 @@ class DefectNet(nn.Module):
     classes = ("ok", "defective")
 
     def __init__(self, width: float = 0.125, input_size: int = 150, arch: str = "vgg16") -> None:
+        from engines.architectures import InceptionV3, backbone
+
         super().__init__()
+        if arch == "inceptionv3" and input_size < InceptionV3.MIN_INPUT:
+            raise ValueError(
+                f"inceptionv3 needs an input size of at least {InceptionV3.MIN_INPUT} px, not {input_size}"
+            )
         self.input_size = input_size
         self.width = width
         self.arch = arch
-        self.backbone = VGG16(1, 2, width)
+        self.backbone = backbone(arch, 1, 2, width, input_size)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         x = _to_float(frames)

@@ -100,7 +100,7 @@ def _stage_entries(ckdir: Path, out: Path, profile: Profile) -> dict[str, StageE
             stage=stage,
             file=path.name,
             sha256=sha256_file(path),
-            arch=STAGE_ARCH[stage],
+            arch=ckpt.get("arch", STAGE_ARCH[stage]),
             classes=CLASSES[stage],
             input=InputSpec(resize_to=cfg.get("input_size")),
             output=OUTPUT_DESC[stage],

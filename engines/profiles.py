@@ -32,6 +32,7 @@ class Profile:
     patience: int
     eval_denoise_frames: int
     defect_lr: float = 2e-3
+    defect_arch: str = "vgg16"
     defect_finetune_epochs: int = 0
     defect_finetune_lr: float = 2e-4
 
@@ -83,6 +84,29 @@ PROFILES: dict[str, Profile] = {
         ae_batch=16,
         patience=5,
         eval_denoise_frames=1000,
+    ),
+    # The classifier comparison (`inspector-build compare`): the same short schedule for every
+    # architecture, sized so 5 architectures x 3 seeds train in well under an hour on 2 CPU cores.
+    "compare": Profile(
+        name="compare",
+        noise_width=0.125,
+        noise_size=128,
+        defect_width=0.125,
+        defect_size=128,
+        ae_channels=(16, 32, 48, 64),
+        train_frames=1600,
+        val_frames=300,
+        calib_frames=0,
+        test_frames=600,
+        noise_epochs=0,
+        defect_epochs=3,
+        ae_steps=0,
+        ae_patch=96,
+        batch=32,
+        ae_batch=16,
+        patience=3,
+        eval_denoise_frames=0,
+        defect_lr=1.5e-3,
     ),
     "tiny": Profile(
         name="tiny",

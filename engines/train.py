@@ -39,7 +39,9 @@ def build_model(stage: str, config: dict[str, Any]) -> nn.Module:
     if stage == "noise":
         return NoiseTypeNet(width=config["width"], input_size=config["input_size"])
     if stage == "defect":
-        return DefectNet(width=config["width"], input_size=config["input_size"])
+        return DefectNet(
+            width=config["width"], input_size=config["input_size"], arch=config.get("arch", "vgg16")
+        )
     if stage == "denoise":
         return DenoiseAE(channels=tuple(config["channels"]))
     raise ValueError(f"unknown stage {stage!r}; expected noise, denoise or defect")
@@ -49,7 +51,7 @@ def stage_config(stage: str, profile: Profile) -> dict[str, Any]:
     if stage == "noise":
         return {"width": profile.noise_width, "input_size": profile.noise_size}
     if stage == "defect":
-        return {"width": profile.defect_width, "input_size": profile.defect_size}
+        return {"width": profile.defect_width, "input_size": profile.defect_size, "arch": profile.defect_arch}
     return {"channels": list(profile.ae_channels)}
 
 
@@ -60,7 +62,7 @@ def save_checkpoint(
     torch.save(
         {
             "stage": stage,
-            "arch": STAGE_ARCH[stage],
+            "arch": config.get("arch", STAGE_ARCH[stage]),
             "config": config,
             "state_dict": model.state_dict(),
             "info": info,
@@ -254,6 +256,7 @@ def train_defect(
     progress: bool = True,
     resume: Path | None = None,
     denoiser: nn.Module | None = None,
+    routed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stage 3 on what the pipeline feeds it: clean frames and denoised noisy frames, half and half.
 
@@ -268,7 +271,9 @@ def train_defect(
     Two phases: the main schedule, then (``defect_finetune_epochs``) a fine-tune
     from the best weights at a low learning rate, which keeps them unless it
     does better. ``resume`` starts from a checkpoint's weights and runs only
-    the fine-tune phase.
+    the fine-tune phase. ``routed`` passes the routed copies of the training
+    and validation frames precomputed (as ``denoised_copies`` makes them), for
+    callers that train several models on the same data.
 
     The mild noise and blur stand in for what a denoiser leaves behind, so the
     classifier does not learn to rely on a pristine surface.
@@ -277,19 +282,22 @@ def train_defect(
 
     rng = seed_everything(seed)
     config = stage_config("defect", profile)
-    model = DefectNet(**config)
+    model = build_model("defect", config)
 
-    routed = denoised_copies(train, denoiser, seed, progress) if denoiser is not None else None
-    if denoiser is not None:
+    if routed is None and denoiser is not None:
+        routed = routed_copies(train, val, denoiser, seed, progress)
+    train_routed = None
+    if routed is not None:
+        train_routed = routed[0]
         # Validate on what the pipeline sees too: the clean frames and their routed noisy versions.
-        val = np.concatenate([val, denoised_copies(val, denoiser, seed + 9, progress)])
+        val = np.concatenate([val, routed[1]])
         val_labels = np.concatenate([val_labels, val_labels])
 
     def make_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         src = (
             train[idx]
-            if routed is None
-            else np.where((rng.random(len(idx)) < 0.5)[:, None, None], routed[idx], train[idx])
+            if train_routed is None
+            else np.where((rng.random(len(idx)) < 0.5)[:, None, None], train_routed[idx], train[idx])
         )
         frames = _augment_geometry(src, rng)
         for i in range(len(frames)):
@@ -309,7 +317,7 @@ def train_defect(
     info: dict[str, Any]
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
-        if ckpt["config"] != config:
+        if {"arch": "vgg16", **ckpt["config"]} != config:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
         model.load_state_dict(start.state_dict())
         info = {"main": ckpt["info"]}
@@ -321,6 +329,15 @@ def train_defect(
         save_checkpoint(out, "defect", config, model, info)
         return info
     return info["main"]
+
+
+def routed_copies(
+    train: np.ndarray, val: np.ndarray, denoiser: nn.Module, seed: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Routed noisy copies of the training and the validation frames (the defect stage's second half)."""
+    return denoised_copies(train, denoiser, seed, progress), denoised_copies(
+        val, denoiser, seed + 9, progress
+    )
 
 
 def denoised_copies(frames: np.ndarray, denoiser: nn.Module, seed: int, progress: bool = True) -> np.ndarray:
