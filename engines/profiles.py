@@ -86,7 +86,7 @@ PROFILES: dict[str, Profile] = {
         eval_denoise_frames=1000,
     ),
     # The classifier comparison (`inspector-build compare`): the same short schedule for every
-    # architecture, sized so 5 architectures x 3 seeds train in well under an hour on 2 CPU cores.
+    # architecture, sized so 5 architectures x 3 seeds train in about an hour on 2 CPU cores.
     "compare": Profile(
         name="compare",
         noise_width=0.125,
@@ -94,12 +94,12 @@ PROFILES: dict[str, Profile] = {
         defect_width=0.125,
         defect_size=128,
         ae_channels=(16, 32, 48, 64),
-        train_frames=1600,
+        train_frames=2400,
         val_frames=300,
         calib_frames=0,
-        test_frames=600,
+        test_frames=1000,
         noise_epochs=0,
-        defect_epochs=3,
+        defect_epochs=5,
         ae_steps=0,
         ae_patch=96,
         batch=32,
