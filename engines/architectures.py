@@ -13,7 +13,7 @@ input size from 75 px (InceptionV3's minimum) upwards works.
 
 | arch         | topology                                                               |
 |--------------|------------------------------------------------------------------------|
-| cnn          | the study's baseline: 3 conv blocks (32, 64, 128), max-pool, dense head |
+| cnn          | the study's baseline: 3 blocks of two 3x3 convs (64, 128, 256), max-pool, dense head |
 | alexnet      | 5 conv (11x11/4, 5x5, 3x3 x3; 64-192-384-256-256), 3 max-pools, 6x6 pool, FC 4096-4096 |
 | vgg16        | 13 3x3 conv in 5 blocks, max-pooling (``engines.models.VGG16``)         |
 | resnet50     | 7x7/2 stem, bottleneck blocks 3-4-6-3 (64..512 x4), stride on the 3x3 (v1.5) |
@@ -51,18 +51,22 @@ class ConvBN(nn.Sequential):
 
 
 class SmallCNN(nn.Module):
-    """The study's baseline CNN: three conv-conv-pool blocks and a dense head."""
+    """The study's baseline CNN: three conv-conv-pool blocks (VGG's first three widths) and a dense head.
+
+    The study does not give its CNN's widths; 64-128-256 are VGG16's first three blocks, so at a
+    given width multiplier the baseline differs from VGG16 only in depth.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
-        for c in (32, 64, 128):
+        for c in (64, 128, 256):
             c_out = scaled(c, width)
             layers += [ConvBN(c_in, c_out, 3, padding=1), ConvBN(c_out, c_out, 3, padding=1), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        hidden = scaled(128, width)
+        hidden = scaled(256, width)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

@@ -273,3 +273,22 @@ def test_serve_refuses_missing_engines_with_a_clear_error(tmp_path: Path):
     d.stop()
     assert code == 1
     assert "no manifest.json" in d.log_path.read_text()
+
+
+def test_daemon_serves_another_defect_architecture_unchanged(tmp_path: Path, tiny_engines: Path, pool):
+    from tests.integration.test_architectures import swap_defect
+
+    engines = swap_defect(tiny_engines, tmp_path / "resnet50-set", "resnet50")
+    d = Daemon(tmp_path, engines)
+    try:
+        d.wait_ready()
+        sent = []
+        for i in range(40):
+            d.send_frame(pool[i], i)
+            sent.append(("cam0", i))
+        d.wait_verdicts(len(sent), timeout=120)
+        got = assert_exactly_one(d.verdicts, sent)
+        assert {v["verdict"] for v in got.values()} <= {"PASS", "FAIL"}  # inspected, not errors
+        assert all(0.0 <= v["defect_score"] <= 1.0 for v in got.values())
+    finally:
+        assert d.stop() == 0
