@@ -74,9 +74,9 @@ class InferenceWorker(Worker):
         n = self.settings.batching.max_batch
         frames, _ = ImpellerGenerator(seed=99).batch(0, n)
         for _ in range(self.settings.engines.warmup_batches):
-            # Route every stage once: clean frames, then the autoencoder and the median on the same batch.
+            # Route every stage once: clean frames, then every denoiser (gaussian, s&p, periodic routes).
             pipe.run(frames)
-            pipe.denoise(frames, np.array([1, 2] * n)[:n])
+            pipe.denoise(frames, np.array([1, 2, 3] * n)[:n])
 
     def _maybe_reload(self) -> None:
         """Build the new pipeline in a thread while this one keeps serving; swap between two batches."""

@@ -66,6 +66,7 @@ def test_quantize_command_writes_a_servable_set(tiny_engines: Path, tmp_path: Pa
     assert "inspector-build quantize" in m.command
     md = (out / "report.md").read_text()
     assert "| stage | float32 | int8 | speed-up |" in md and "defect accuracy - clean" in md
+    assert "defect accuracy @0.5 - mixed noise full pipeline" in md and "At threshold 0.5:" in md
     pipe = Pipeline.from_manifest(out)
     assert len(pipe.run(ImpellerGenerator(seed=1).batch(0, 3)[0])) == 3
     pipe.close()
