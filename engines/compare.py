@@ -276,15 +276,12 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "metrics": metrics,
             "params": param_count(model),
             "gflop_per_frame": gflop(count_flops(model, example)),
-            "latency_ms_batch1": ort_latency_ms(onnx_path, test.frames, 1),
-            "latency_ms_batch8": ort_latency_ms(onnx_path, test.frames, 8),
             "train_seconds": round(t_train, 1),
             "best_val_accuracy": info.get("val_accuracy"),
             "epochs_run": info.get("epochs_run"),
             "parity_max_abs_diff": diff,
         }
         runs[arch].append(run)
-        (runs_dir / f"{arch}-s{seed}.json").write_text(json.dumps(run, indent=1))
         print(
             f"  {arch} seed {seed}: clean {metrics['clean']['accuracy']:.3f}, noisy "
             f"{metrics[CONDITIONS[1]]['accuracy']:.3f}, pipeline {metrics[CONDITIONS[2]]['accuracy']:.3f} "
@@ -292,6 +289,13 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
             flush=True,
         )
     pipe.close()
+    # Latency last, one architecture after another with nothing else training, on every run's file.
+    for arch, seed in tqdm(jobs, desc="latency", disable=not progress):
+        run = next(r for r in runs[arch] if r["seed"] == seed)
+        onnx_path = runs_dir / f"{arch}-s{seed}.onnx"
+        run["latency_ms_batch1"] = ort_latency_ms(onnx_path, test.frames, 1)
+        run["latency_ms_batch8"] = ort_latency_ms(onnx_path, test.frames, 8)
+        (runs_dir / f"{arch}-s{seed}.json").write_text(json.dumps(run, indent=1))
     result = {
         "command": command,
         "machine": f"{platform.machine()}, {_cpu_count()} CPU threads",
