@@ -95,6 +95,11 @@ class EnginesConfig(_Section):
         default=None, ge=0, le=1, description="override the manifest's calibrated defect threshold"
     )
     warmup_batches: int = Field(default=2, ge=0, description="batches run at start-up before READY")
+    cuda_streams: bool = Field(
+        default=True,
+        description="tensorrt backend: run the stages as one CUDA-stream schedule (copy and compute streams, "
+        "events between stages) instead of one synchronous call per stage",
+    )
 
 
 class SupervisorConfig(_Section):

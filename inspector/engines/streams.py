@@ -27,6 +27,7 @@ so batch N+1's upload on the copy stream overlaps batch N's compute.
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ import numpy as np
 
 from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, adaptive_median, routes
 from inspector.noise import NOISE_TYPES
-from inspector.pipeline import softmax
+from inspector.pipeline import FrameResult, Pipeline, softmax
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,51 @@ class StreamScheduler:
         self.x.host_wait(f"done{n}")
         scores = softmax(self.x.host(f"defect{b}")[:count])[:, 1]
         return ids, conf, names, scores
+
+
+class StreamedPipeline:
+    """A :class:`~inspector.pipeline.Pipeline` whose three stages run as one stream schedule.
+
+    Same contract as ``Pipeline.run`` (the inference worker uses either): the
+    schedule above on ``executor`` - :class:`~inspector.engines.tensorrt.PycudaExecutor`
+    on a GPU, :class:`SimulatedExecutor` in the CPU tests. Per-stage host
+    timings do not exist on a stream (the stages overlap on the device), so
+    each result carries the batch's wall time under ``"streams"``.
+    """
+
+    def __init__(self, pipe: Pipeline, executor: Any) -> None:
+        self.pipe, self.executor = pipe, executor
+        self.engines, self.routes, self.manifest = pipe.engines, pipe.routes, pipe.manifest
+        self.threshold = pipe.threshold
+        self.sched = StreamScheduler(executor, pipe.threshold, pipe.routes)
+
+    def run(self, frames: np.ndarray) -> list[FrameResult]:
+        if frames.ndim != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"pipeline takes (N, H, W) uint8 frames, got {frames.dtype} {frames.shape}")
+        t0 = time.perf_counter()
+        n = self.sched.upload(frames)
+        ids, conf, names, scores = self.sched.infer(n, len(frames))
+        ms = {"streams": (time.perf_counter() - t0) * 1e3}
+        return [
+            FrameResult(
+                noise_type=NOISE_TYPES[int(ids[i])],
+                noise_confidence=float(conf[i]),
+                denoiser=names[i],
+                score=float(scores[i]),
+                defective=bool(scores[i] >= self.threshold),
+                stage_ms=ms,
+            )
+            for i in range(len(frames))
+        ]
+
+    def denoise(self, frames: np.ndarray, noise_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        return self.pipe.denoise(frames, noise_idx)
+
+    def close(self) -> None:
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()
+        self.pipe.close()
 
 
 class SimulatedExecutor:

@@ -303,3 +303,10 @@ class PycudaExecutor:
         self.dev = {}
         self.ctx.pop()
         self.ctx.detach()
+
+
+def streamed_pipeline(pipe: Any, max_batch: int, frame: tuple[int, int]) -> Any:
+    """The pipeline's TensorRT engines as one CUDA-stream schedule (see ``inspector.engines.streams``)."""
+    from inspector.engines.streams import StreamedPipeline
+
+    return StreamedPipeline(pipe, PycudaExecutor(pipe.engines, max_batch, frame))

@@ -32,11 +32,21 @@ from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
 Job = tuple[int, int, dict[str, Any], int, int, int]
 
 
-def load_pipeline(settings: Settings) -> Pipeline:
+def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
+    """The engine set as a :class:`Pipeline`; on TensorRT, as one CUDA-stream schedule (``cuda_streams``)."""
     e = settings.engines
-    return Pipeline.from_manifest(
+    pipe = Pipeline.from_manifest(
         e.path, backend=e.backend, threshold=e.threshold, intra_op_threads=e.intra_op_threads
     )
+    if e.backend == "tensorrt" and e.cuda_streams:
+        from inspector.engines.tensorrt import streamed_pipeline
+
+        try:
+            return streamed_pipeline(pipe, settings.batching.max_batch, frame)
+        except Exception:
+            pipe.close()
+            raise
+    return pipe
 
 
 class InferenceWorker(Worker):
@@ -57,8 +67,8 @@ class InferenceWorker(Worker):
         self.results.connect(endpoint(rd, "results"))
         self.reload_gen = int(self.shared.reload_gen.value)
         self._loader: threading.Thread | None = None
-        self._loaded: tuple[Settings, Pipeline] | None = None
-        self.pipeline = load_pipeline(self.settings)
+        self._loaded: tuple[Settings, Any] | None = None
+        self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
         self._warm_up(self.pipeline)
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
         self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
@@ -70,7 +80,7 @@ class InferenceWorker(Worker):
             path=str(self.settings.engines.path),
         )
 
-    def _warm_up(self, pipe: Pipeline) -> None:
+    def _warm_up(self, pipe: Any) -> None:
         n = self.settings.batching.max_batch
         frames, _ = ImpellerGenerator(seed=99).batch(0, n)
         for _ in range(self.settings.engines.warmup_batches):
@@ -103,7 +113,7 @@ class InferenceWorker(Worker):
         try:
             data = json.loads(Path(self.spec.settings_file).read_text())
             new_settings = Settings(**data)
-            new_pipe = load_pipeline(new_settings)
+            new_pipe = load_pipeline(new_settings, self.spec.frame_size)
             self._warm_up(new_pipe)
             self._loaded = (new_settings, new_pipe)
         except Exception as exc:

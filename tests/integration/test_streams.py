@@ -116,3 +116,41 @@ def test_deadlock_is_reported():
     ex.submit(Op("compute", "wait", {"event": "never"}))
     with pytest.raises(RuntimeError, match="deadlock"):
         ex.host_wait("something")
+
+
+def test_streamed_pipeline_is_a_drop_in_for_the_pipeline(tiny_engines: Path, batches):
+    """What the inference worker runs on TensorRT (cuda_streams), here on the CPU executor."""
+    from inspector.engines.streams import StreamedPipeline
+
+    pipe = Pipeline.from_manifest(tiny_engines)
+    ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=5)
+    streamed = StreamedPipeline(pipe, ex)
+    for frames in [*batches, batches[0][:1], batches[1][:3]]:
+        got, want = streamed.run(frames), pipe.run(frames)
+        assert [(r.noise_type, r.denoiser, r.defective) for r in got] == [
+            (r.noise_type, r.denoiser, r.defective) for r in want
+        ]
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
+        assert set(got[0].stage_ms) == {"streams"}
+    with pytest.raises(ValueError, match="uint8"):
+        streamed.run(batches[0].astype(np.float32))
+    streamed.close()
+
+
+def test_streamed_pipeline_routes_every_denoiser_like_the_pipeline(batches):
+    """Stand-in engines that spread frames over all four noise types: the host-side sinusoid fit
+    (uploaded into its slot), the device median and the autoencoder all run, as in Pipeline.run."""
+    from inspector.engines.streams import StreamedPipeline
+
+    pipe = Pipeline({s: _StatEngine(s) for s in ("noise", "denoise", "defect")}, threshold=0.5)
+    seen = set()
+    for seed in range(3):
+        streamed = StreamedPipeline(
+            pipe, SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed)
+        )
+        for frames in batches:
+            got, want = streamed.run(frames), pipe.run(frames)
+            assert [r.denoiser for r in got] == [r.denoiser for r in want]
+            np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-6)
+            seen |= {r.denoiser for r in got}
+    assert {"sinusoid_fit", "adaptive_median", "autoencoder", "none"} <= seen
