@@ -50,6 +50,18 @@ class ConvBN(nn.Sequential):
         )
 
 
+def pooled_head(c_in: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Global average pool, one hidden FC layer with dropout, the class logits (VGG16's head too)."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c_in, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
 class SmallCNN(nn.Module):
     """The study's baseline CNN: three conv-conv-pool blocks (VGG's first three widths) and a dense head.
 
@@ -66,15 +78,7 @@ class SmallCNN(nn.Module):
             layers += [ConvBN(c_in, c_out, 3, padding=1), ConvBN(c_out, c_out, 3, padding=1), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        hidden = scaled(256, width)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(c_in, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+        self.head = pooled_head(c_in, scaled(256, width), num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -44,15 +44,9 @@ class VGG16(nn.Module):
                 c_in = c_out
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        hidden = max(round(512 * width), 16)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(c_in, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+        from engines.architectures import pooled_head
+
+        self.head = pooled_head(c_in, max(round(512 * width), 16), num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -115,6 +115,17 @@ class Pipeline:
             "denoise": (t2 - t1) * 1e3,
             "defect": (t3 - t2) * 1e3,
         }
+        return self.results(noise_idx, noise_conf, names, scores, ms)
+
+    def results(
+        self,
+        noise_idx: np.ndarray,
+        noise_conf: np.ndarray,
+        names: list[str],
+        scores: np.ndarray,
+        ms: dict[str, float],
+    ) -> list[FrameResult]:
+        """One :class:`FrameResult` per frame, decided at this pipeline's threshold."""
         return [
             FrameResult(
                 noise_type=NOISE_TYPES[int(noise_idx[i])],
@@ -124,7 +135,7 @@ class Pipeline:
                 defective=bool(scores[i] >= self.threshold),
                 stage_ms=ms,
             )
-            for i in range(len(frames))
+            for i in range(len(names))
         ]
 
     def close(self) -> None:

@@ -152,18 +152,7 @@ class StreamedPipeline:
         t0 = time.perf_counter()
         n = self.sched.upload(frames)
         ids, conf, names, scores = self.sched.infer(n, len(frames))
-        ms = {"streams": (time.perf_counter() - t0) * 1e3}
-        return [
-            FrameResult(
-                noise_type=NOISE_TYPES[int(ids[i])],
-                noise_confidence=float(conf[i]),
-                denoiser=names[i],
-                score=float(scores[i]),
-                defective=bool(scores[i] >= self.threshold),
-                stage_ms=ms,
-            )
-            for i in range(len(frames))
-        ]
+        return self.pipe.results(ids, conf, names, scores, {"streams": (time.perf_counter() - t0) * 1e3})
 
     def denoise(self, frames: np.ndarray, noise_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return self.pipe.denoise(frames, noise_idx)

@@ -56,37 +56,11 @@ def test_export_refuses_a_checkpoint_of_another_arch(tmp_path: Path, capsys):
 
     cfg = {"width": 0.0625, "input_size": 80, "arch": "cnn"}
     save_checkpoint(tmp_path / "d.pt", "defect", cfg, DefectNet(**cfg), {})
-    rc = main(
-        [
-            "export",
-            "--stage",
-            "defect",
-            "--checkpoint",
-            str(tmp_path / "d.pt"),
-            "--out",
-            str(tmp_path / "d.onnx"),
-            "--arch",
-            "resnet50",
-        ]
-    )
-    assert rc == 2
+    ck, onnx = str(tmp_path / "d.pt"), str(tmp_path / "d.onnx")
+    base = ["export", "--stage", "defect", "--checkpoint", ck, "--out", onnx]
+    assert main([*base, "--arch", "resnet50"]) == 2
     assert "is a cnn checkpoint, not resnet50" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "export",
-                "--stage",
-                "defect",
-                "--checkpoint",
-                str(tmp_path / "d.pt"),
-                "--out",
-                str(tmp_path / "d.onnx"),
-                "--arch",
-                "cnn",
-            ]
-        )
-        == 0
-    )
+    assert main([*base, "--arch", "cnn"]) == 0
 
 
 def test_compare_writes_the_table_in_a_tiny_configuration(tmp_path: Path, tiny_engines: Path):
