@@ -228,7 +228,10 @@ def test_sigterm_drains_and_leaves_nothing_behind(tmp_path: Path, tiny_engines: 
 def test_sighup_reloads_config_without_losing_a_frame(tmp_path: Path, tiny_engines: Path, pool):
     cfg = tmp_path / "inspector.toml"
     cfg.write_text("[engines]\nthreshold = 0.2\n")
-    d = Daemon(tmp_path, tiny_engines, config=cfg)
+    # Room for the whole burst: this test is about the reload, not overload (the periodic frames'
+    # sinusoid fit costs ~25 ms each on the CPU, so 900 frames take a few seconds to clear).
+    roomy = ["ring.slots=1024", "batching.queue_size=1024", "batching.deadline_ms=60000"]
+    d = Daemon(tmp_path, tiny_engines, roomy, config=cfg)
     try:
         d.wait_ready()
         sent = []
