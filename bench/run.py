@@ -5,7 +5,8 @@ In one run, on one machine, with the same engines and the same frames:
 (a) tight loop   - the runtime's pipeline on ONNX Runtime in batches of ``max_batch``, no IPC:
                    the most this machine can do with these engines;
 (b) eager loop   - the per-frame PyTorch eager loop a user would otherwise write (batch 1, torch
-                   modules, OpenCV median), from the engine set's own checkpoints;
+                   modules, the same classical filters on the same routes), from the engine set's
+                   own checkpoints;
 (c) the daemon   - started as a process, fed over its real ZeroMQ socket by a camera process at
                    several offered loads, verdicts collected by a subscriber: sustained throughput
                    (inspected verdicts per second), p50/p99 latency from receipt to publication,
@@ -82,22 +83,25 @@ def eager_loop(engines: Path, frames: list[np.ndarray], seconds: float) -> dict[
     ck = engines / "checkpoints"
     if not ck.is_dir():
         return None
-    import cv2
+    from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, routes
+    from inspector.noise import NOISE_TYPES
 
     noise_net, _ = load_checkpoint(ck / "noise.pt", "noise")
     ae, _ = load_checkpoint(ck / "denoise.pt", "denoise")
     defect, _ = load_checkpoint(ck / "defect.pt", "defect")
-    thr = load_manifest(engines).threshold
+    manifest = load_manifest(engines)
+    thr = manifest.threshold
+    route = routes(manifest.salt_pepper_filter, manifest.periodic_filter)  # the daemon's routes
     done, t0 = 0, time.perf_counter()
     with torch.no_grad():
         while time.perf_counter() - t0 < seconds:
             f = frames[done % len(frames)]
             x = torch.from_numpy(f)[None, None]
-            kind = int(noise_net(x).argmax(1))
-            if kind == 2:
-                x = torch.from_numpy(cv2.medianBlur(f, 3))[None, None]
-            elif kind in (1, 3):
+            name = route.get(NOISE_TYPES[int(noise_net(x).argmax(1))], "none")
+            if name == AUTOENCODER:
                 x = ae(x)
+            elif name in CLASSICAL_FILTERS:
+                x = torch.from_numpy(CLASSICAL_FILTERS[name](f))[None, None]
             _ = float(torch.softmax(defect(x), 1)[0, 1]) >= thr
             done += 1
     el = time.perf_counter() - t0
