@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -67,6 +68,11 @@ def test_quantize_command_writes_a_servable_set(tiny_engines: Path, tmp_path: Pa
     md = (out / "report.md").read_text()
     assert "| stage | float32 | int8 | speed-up |" in md and "defect accuracy - clean" in md
     assert "defect accuracy @0.5 - mixed noise full pipeline" in md and "At threshold 0.5:" in md
+    # Its own operating point, calibrated like the float32 set's, recorded in manifest and report.
+    rep = json.loads((out / "report.json").read_text())
+    assert m.threshold == rep["threshold"]["int8"] and 0.0 <= m.threshold <= 1.0
+    assert m.calibration["int8"]["threshold"] == m.threshold
+    assert "Each set at its own calibrated threshold" in md
     pipe = Pipeline.from_manifest(out)
     assert len(pipe.run(ImpellerGenerator(seed=1).batch(0, 3)[0])) == 3
     pipe.close()
