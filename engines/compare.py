@@ -34,7 +34,7 @@ from engines.data import load_split, synthetic_seed
 from engines.evaluate import MAIN_NOISY, batched, noisy_set
 from engines.profiles import get_profile
 from inspector.engines import open_engine
-from inspector.pipeline import Pipeline
+from inspector.pipeline import Pipeline, softmax
 
 CONDITIONS = ("clean", "noisy without denoising", "noisy through the pipeline")
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
@@ -267,8 +267,7 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
         metrics = {}
         for cond, frames in test_sets.items():
             logits = batched(engine.infer, frames[:, None], batch=32, progress=False)
-            z = logits - logits.max(axis=1, keepdims=True)
-            scores = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
+            scores = softmax(logits)[:, 1]
             metrics[cond] = binary_metrics(test.labels, scores, 0.5)
         engine.close()
         run = {

@@ -40,6 +40,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
+def check_frames(frames: np.ndarray) -> None:
+    """The pipeline's input contract: a (N, H, W) uint8 batch."""
+    if frames.ndim != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"pipeline takes (N, H, W) uint8 frames, got {frames.dtype} {frames.shape}")
+
+
 class Pipeline:
     """Runs the three stages on ``(N, H, W)`` uint8 frames; engines map stage name -> :class:`Engine`."""
 
@@ -101,8 +107,7 @@ class Pipeline:
         return softmax(self.engines["defect"].infer(frames[:, None]))[:, 1]
 
     def run(self, frames: np.ndarray) -> list[FrameResult]:
-        if frames.ndim != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"pipeline takes (N, H, W) uint8 frames, got {frames.dtype} {frames.shape}")
+        check_frames(frames)
         t0 = time.perf_counter()
         noise_idx, noise_conf = self.classify_noise(frames)
         t1 = time.perf_counter()

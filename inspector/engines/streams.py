@@ -36,7 +36,7 @@ import numpy as np
 
 from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, adaptive_median, routes
 from inspector.noise import NOISE_TYPES
-from inspector.pipeline import FrameResult, Pipeline, softmax
+from inspector.pipeline import FrameResult, Pipeline, check_frames, softmax
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,7 @@ class StreamedPipeline:
         self.sched = StreamScheduler(executor, pipe.threshold, pipe.routes)
 
     def run(self, frames: np.ndarray) -> list[FrameResult]:
-        if frames.ndim != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"pipeline takes (N, H, W) uint8 frames, got {frames.dtype} {frames.shape}")
+        check_frames(frames)
         t0 = time.perf_counter()
         n = self.sched.upload(frames)
         ids, conf, names, scores = self.sched.infer(n, len(frames))
