@@ -97,12 +97,13 @@ def eager_loop(engines: Path, frames: list[np.ndarray], seconds: float) -> dict[
         while time.perf_counter() - t0 < seconds:
             f = frames[done % len(frames)]
             x = torch.from_numpy(f)[None, None]
-            name = route.get(NOISE_TYPES[int(noise_net(x).argmax(1))], "none")
+            kind = NOISE_TYPES[int(noise_net(x).argmax(1))]
+            name = route.get(kind, "none")
             if name == AUTOENCODER:
                 x = ae(x)
             elif name in CLASSICAL_FILTERS:
                 x = torch.from_numpy(CLASSICAL_FILTERS[name](f))[None, None]
-            _ = float(torch.softmax(defect(x), 1)[0, 1]) >= thr
+            _ = float(torch.softmax(defect(x), 1)[0, 1]) >= manifest.thresholds.get(kind, thr)
             done += 1
     el = time.perf_counter() - t0
     return {"fps": done / el}

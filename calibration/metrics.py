@@ -32,8 +32,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity, F1, AUC, escape and false-reject rates at ``threshold``."""
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray) -> dict[str, float]:
+    """Accuracy, sensitivity, specificity, F1, AUC, escape and false-reject rates at ``threshold``.
+
+    ``threshold`` is one number, or one per frame (each frame decided at its noise type's threshold).
+    """
     labels = np.asarray(labels).astype(bool)
     pred = np.asarray(scores) >= threshold
     tp = int(np.sum(pred & labels))

@@ -33,14 +33,55 @@ def threshold_for_escape(labels: np.ndarray, scores: np.ndarray, escape_target: 
     return t
 
 
-def calibrate(labels: np.ndarray, scores: np.ndarray, escape_target: float) -> dict[str, Any]:
+def calibrate(
+    labels: np.ndarray, scores: np.ndarray, escape_target: float, groups: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The single threshold for ``escape_target``; with ``groups`` (each frame's noise type), one per group too.
+
+    A threshold per group holds the escape target within every group, so it
+    holds for any mix of groups on the line; a single threshold is set by the
+    hardest group (Gaussian-noised defectives score lowest after denoising) and
+    rejects good parts of every other group for it. A group without a
+    defective part gets no threshold of its own (it falls back to the single one).
+    """
     t = threshold_for_escape(labels, scores, escape_target)
-    m = binary_metrics(labels, scores, t)
-    return {"threshold": t, "escape_target": escape_target, "calibration_metrics": m}
+    out: dict[str, Any] = {
+        "threshold": t,
+        "escape_target": escape_target,
+        "calibration_metrics": binary_metrics(labels, scores, t),
+    }
+    if groups is None:
+        return out
+    groups = np.asarray(groups)
+    labels = np.asarray(labels)
+    per: dict[str, float] = {}
+    per_metrics: dict[str, dict[str, float]] = {}
+    for g in sorted(set(groups.tolist())):
+        sel = groups == g
+        if labels[sel].sum() == 0:
+            continue
+        per[g] = threshold_for_escape(labels[sel], scores[sel], escape_target)
+        per_metrics[g] = binary_metrics(labels[sel], scores[sel], per[g])
+    frame_t = np.array([per.get(g, t) for g in groups.tolist()])
+    out["thresholds"] = per
+    out["threshold_metrics"] = per_metrics
+    out["calibration_metrics_per_group"] = binary_metrics(labels, scores, frame_t)
+    return out
 
 
-def plot_calibration(labels: np.ndarray, scores: np.ndarray, threshold: float, out: Path) -> list[Path]:
-    """ROC curve with the operating point, and score histograms per class; returns the PNG paths."""
+def plot_calibration(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    out: Path,
+    groups: np.ndarray | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> list[Path]:
+    """ROC curve with the operating point(s), and score histograms per class; returns the PNG paths.
+
+    With ``groups`` and ``thresholds`` (per noise type), the ROC has one curve per group with its
+    own operating point beside the whole split's, and the histograms mark every group's threshold.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,34 +90,44 @@ def plot_calibration(labels: np.ndarray, scores: np.ndarray, threshold: float, o
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, np.float64)
     out.mkdir(parents=True, exist_ok=True)
-    thr = np.unique(np.concatenate([[-np.inf], scores, [np.inf]]))[::-1]
-    tpr = np.array([(scores[labels] >= t).mean() for t in thr])
-    fpr = np.array([(scores[~labels] >= t).mean() for t in thr])
-    m = binary_metrics(labels, scores, threshold)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, lw=1.5)
-    ax.plot([m["false_reject_rate"]], [1 - m["escape_rate"]], "ro", label=f"threshold {threshold:.4f}")
+    per = thresholds or {}
+    sets: list[tuple[str, np.ndarray, float]] = [("all frames", np.ones(len(labels), bool), threshold)]
+    if groups is not None:
+        g_arr = np.asarray(groups)
+        sets += [(g, g_arr == g, t) for g, t in sorted(per.items())]
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for i, (name, sel, t) in enumerate(sets):
+        lab, sc = labels[sel], scores[sel]
+        thr = np.unique(np.concatenate([[-np.inf], sc, [np.inf]]))[::-1]
+        tpr = np.array([(sc[lab] >= x).mean() for x in thr])
+        fpr = np.array([(sc[~lab] >= x).mean() for x in thr])
+        m = binary_metrics(lab, sc, t)
+        (line,) = ax.plot(fpr, tpr, lw=2.0 if i == 0 else 1.2, label=f"{name} (AUC {m['auc']:.3f})")
+        ax.plot([m["false_reject_rate"]], [1 - m["escape_rate"]], "o", color=line.get_color(), ms=6)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("false reject rate (good parts rejected)")
     ax.set_ylabel("1 - escape rate (defective parts caught)")
-    ax.set_title(f"ROC on the calibration split (AUC {m['auc']:.4f})")
+    ax.set_title("ROC on the calibration split (dots: operating points)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     roc = out / "calibration_roc.png"
     fig.tight_layout()
     fig.savefig(roc, dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     bins = np.linspace(0, 1, 51).tolist()
     ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"ok (n={int((~labels).sum())})")
     ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"defective (n={int(labels.sum())})")
-    ax.axvline(threshold, color="r", ls="--", label=f"threshold {threshold:.4f}")
+    ax.axvline(threshold, color="r", ls="--", label=f"single threshold {threshold:.4f}")
+    for (name, _, t), ls in zip(sets[1:], (":", "-.", (0, (1, 3)), (0, (5, 2))), strict=False):
+        ax.axvline(t, color="k", ls=ls, lw=1, label=f"{name} {t:.4f}")
     ax.set_yscale("log")
     ax.set_xlabel("defect score")
     ax.set_ylabel("frames")
     ax.set_title("Defect scores on the calibration split")
-    ax.legend()
+    ax.legend(fontsize=8)
     hist = out / "calibration_scores.png"
     fig.tight_layout()
     fig.savefig(hist, dpi=110)

@@ -50,12 +50,28 @@ class ConvBN(nn.Sequential):
         )
 
 
-def pooled_head(c_in: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """Global average pool, one hidden FC layer with dropout, the class logits (VGG16's head too)."""
+class AvgMaxPool(nn.Module):
+    """Global average and global max pool, concatenated: ``(N, C, H, W)`` -> ``(N, 2C, 1, 1)``.
+
+    The max keeps a defect that lights up one cell of the last feature map; an
+    average alone divides it by the map's area (36 cells at 192 px).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)], dim=1)
+
+
+POOLS = ("avg", "avgmax")
+
+
+def pooled_head(c_in: int, hidden: int, num_classes: int, dropout: float, pool: str = "avg") -> nn.Sequential:
+    """Global pool (average, or average and max), one hidden FC layer with dropout, the class logits."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; valid: {', '.join(POOLS)}")
     return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(1) if pool == "avg" else AvgMaxPool(),
         nn.Flatten(),
-        nn.Linear(c_in, hidden),
+        nn.Linear(c_in * (1 if pool == "avg" else 2), hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
@@ -329,14 +345,16 @@ class InceptionV3(nn.Module):
         return self.head(self.features(x))
 
 
-def backbone(arch: str, in_channels: int, num_classes: int, width: float, input_size: int = 224) -> nn.Module:
-    """The classifier ``arch`` (one of :data:`ARCHS`) on float input."""
+def backbone(
+    arch: str, in_channels: int, num_classes: int, width: float, input_size: int = 224, pool: str = "avg"
+) -> nn.Module:
+    """The classifier ``arch`` (one of :data:`ARCHS`) on float input; ``pool`` is VGG16's global pooling."""
     from engines.models import VGG16
 
     builders: dict[str, Callable[[], nn.Module]] = {
         "cnn": lambda: SmallCNN(in_channels, num_classes, width),
         "alexnet": lambda: AlexNet(in_channels, num_classes, width, input_size),
-        "vgg16": lambda: VGG16(in_channels, num_classes, width),
+        "vgg16": lambda: VGG16(in_channels, num_classes, width, pool=pool),
         "resnet50": lambda: ResNet50(in_channels, num_classes, width),
         "inceptionv3": lambda: InceptionV3(in_channels, num_classes, width),
     }

@@ -59,6 +59,19 @@ def batched(
     return np.concatenate(outs)
 
 
+def pipeline_scores(
+    pipe: Pipeline, frames: np.ndarray, desc: str = "pipeline", progress: bool = True, batch: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Defect score and the noise type the pipeline called, per frame, through the full pipeline."""
+    scores: list[float] = []
+    kinds: list[str] = []
+    for i in tqdm(range(0, len(frames), batch), desc=desc, disable=not progress, leave=False):
+        for r in pipe.run(frames[i : i + batch]):
+            scores.append(r.score)
+            kinds.append(r.noise_type)
+    return np.array(scores, np.float64), np.array(kinds)
+
+
 def _to_unit(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float64) / 255.0
 
@@ -211,28 +224,37 @@ def evaluate_defects(
     study's rule), with the share of the accuracy gap the pipeline recovers.
     """
     scores: dict[str, np.ndarray] = {}
+    kinds: dict[str, np.ndarray] = {}  # noise type the pipeline called, per frame, per condition
     scores["clean (classifier only)"] = batched(pipe.score, frames, desc="defect clean", progress=progress)
-
-    def run_pipe(b: np.ndarray) -> np.ndarray:
-        return np.array([r.score for r in pipe.run(b)])
-
-    scores["clean (full pipeline)"] = batched(run_pipe, frames, desc="pipeline clean", progress=progress)
+    scores["clean (full pipeline)"], kinds["clean"] = pipeline_scores(
+        pipe, frames, "pipeline clean", progress
+    )
     for level in MAIN_NOISY:
         noisy = sets[level.name]
         scores[f"{level.name} without denoising"] = batched(
             pipe.score, noisy, desc=f"defect {level.name} raw", progress=progress
         )
-        scores[f"{level.name} full pipeline"] = batched(
-            run_pipe, noisy, desc=f"pipeline {level.name}", progress=progress
+        scores[f"{level.name} full pipeline"], kinds[level.name] = pipeline_scores(
+            pipe, noisy, f"pipeline {level.name}", progress
         )
     # Mixed: frame i carries noise type i % 3 at its main level (one fixed set, every frame once).
     pick = np.arange(len(frames)) % len(MAIN_NOISY)
     for what in ("without denoising", "full pipeline"):
         per = [scores[f"{lv.name} {what}"] for lv in MAIN_NOISY]
         scores[f"mixed noise {what}"] = np.array([per[k][i] for i, k in enumerate(pick)])
+    kinds["mixed noise"] = np.array([kinds[MAIN_NOISY[k].name][i] for i, k in enumerate(pick)])
 
-    def table(t: float) -> tuple[dict[str, Any], dict[str, float]]:
-        rows = {name: binary_metrics(labels, s, t) for name, s in scores.items()}
+    def frame_thresholds(name: str) -> np.ndarray:
+        # A row's frames are decided at the threshold of the noise type the pipeline called on them
+        # (for the classifier-only rows: on the same frames), as the daemon decides.
+        base = next(k for k in sorted(kinds, key=len, reverse=True) if name.startswith(k))
+        return np.array([pipe.threshold_for(str(k)) for k in kinds[base]])
+
+    def table(t: float | None) -> tuple[dict[str, Any], dict[str, float]]:
+        rows = {
+            name: binary_metrics(labels, s, frame_thresholds(name) if t is None else t)
+            for name, s in scores.items()
+        }
         clean_acc = rows["clean (classifier only)"]["accuracy"]
         recovery = {}
         for name in [*(lv.name for lv in MAIN_NOISY), "mixed noise"]:
@@ -245,10 +267,11 @@ def evaluate_defects(
             )
         return rows, recovery
 
-    rows, recovery = table(pipe.threshold)
+    rows, recovery = table(None)
     rows_half, recovery_half = table(0.5)
     return {
         "threshold": pipe.threshold,
+        "thresholds": dict(pipe.thresholds),
         "rows": rows,
         "gap_recovery": recovery,
         "rows_at_0.5": rows_half,

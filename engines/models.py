@@ -27,9 +27,15 @@ VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 
 class VGG16(nn.Module):
-    """VGG16 topology on float input ``(N, C, S, S)``; ``width`` scales every layer's channels."""
+    """VGG16 topology on float input ``(N, C, S, S)``; ``width`` scales every layer's channels.
 
-    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.3) -> None:
+    ``pool`` picks the head's global pooling: ``avg`` (the noise classifier, engine sets before
+    2026-11-25 evening) or ``avgmax`` (average and max concatenated: the defect classifier).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.3, pool: str = "avg"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -46,7 +52,7 @@ class VGG16(nn.Module):
         self.features = nn.Sequential(*layers)
         from engines.architectures import pooled_head
 
-        self.head = pooled_head(c_in, max(round(512 * width), 16), num_classes, dropout)
+        self.head = pooled_head(c_in, max(round(512 * width), 16), num_classes, dropout, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -65,7 +71,9 @@ class DefectNet(nn.Module):
 
     classes = ("ok", "defective")
 
-    def __init__(self, width: float = 0.125, input_size: int = 150, arch: str = "vgg16") -> None:
+    def __init__(
+        self, width: float = 0.125, input_size: int = 150, arch: str = "vgg16", pool: str = "avg"
+    ) -> None:
         from engines.architectures import InceptionV3, backbone
 
         super().__init__()
@@ -76,7 +84,8 @@ class DefectNet(nn.Module):
         self.input_size = input_size
         self.width = width
         self.arch = arch
-        self.backbone = backbone(arch, 1, 2, width, input_size)
+        self.pool = pool
+        self.backbone = backbone(arch, 1, 2, width, input_size, pool)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         x = _to_float(frames)

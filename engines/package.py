@@ -129,18 +129,13 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
     engines = {s: open_engine("onnxruntime", out / e.file, s) for s, e in entries.items()}
     pipe = Pipeline(engines, threshold=0.5)
 
-    calib = load_split(args.data, "calib", profile.calib_frames, args.seed, progress)
-    cal_frames = calibration_frames(calib.frames, args.seed)
-    cal_scores = ev.batched(
-        lambda b: np.array([r.score for r in pipe.run(b)]), cal_frames, desc="calibration", progress=progress
-    )
-    cal = calibrate(calib.labels, cal_scores, args.escape_rate)
-    pipe.threshold = cal["threshold"]
     figdir = out / "figures"
-    plot_calibration(calib.labels, cal_scores, cal["threshold"], figdir)
+    cal, n_calib = calibrate_set(pipe, args.data, profile, args.seed, args.escape_rate, figdir, progress)
     print(
-        f"threshold {cal['threshold']:.5f} for escape target {args.escape_rate}: "
-        f"calibration false reject rate {cal['calibration_metrics']['false_reject_rate']:.4f}",
+        f"single threshold {cal['threshold']:.5f} for escape target {args.escape_rate}: calibration false "
+        f"reject rate {cal['calibration_metrics']['false_reject_rate']:.4f}; per noise type "
+        + ", ".join(f"{k} {v:.5f}" for k, v in cal["thresholds"].items())
+        + f": {cal['calibration_metrics_per_group']['false_reject_rate']:.4f}",
         flush=True,
     )
 
@@ -157,7 +152,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         "split": f"synthetic seed {synthetic_seed(args.seed, 'calib')}"
         if args.data == "synthetic"
         else "carved from train",
-        "n": len(calib.labels),
+        "n": n_calib,
         "mix": "frame i: clean if i % 4 == 0, else gaussian / salt_pepper / periodic at a training-range level",
     }
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -170,6 +165,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         seed=args.seed,
         data=args.data,
         threshold=cal["threshold"],
+        thresholds=cal["thresholds"],
         escape_target=args.escape_rate,
         salt_pepper_filter=pipe.routes["salt_pepper"],
         periodic_filter=pipe.routes["periodic"],
@@ -194,6 +190,30 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
     pipe.close()
     print(f"engine set written to {out} in {time.time() - t0:.0f} s", flush=True)
     return manifest
+
+
+def calibrate_set(
+    pipe: Pipeline,
+    data: str,
+    profile: Profile,
+    seed: int,
+    escape_target: float,
+    figdir: Path | None,
+    progress: bool,
+) -> tuple[dict[str, Any], int]:
+    """Score the calibration split through ``pipe``, set its thresholds (single and per noise type).
+
+    Returns the calibration result (``calibration.threshold.calibrate`` with groups) and the split's
+    size; draws the ROC and score histograms into ``figdir`` when given.
+    """
+    calib = load_split(data, "calib", profile.calib_frames, seed, progress)
+    frames = calibration_frames(calib.frames, seed)
+    scores, kinds = ev.pipeline_scores(pipe, frames, "calibration", progress)
+    cal = calibrate(calib.labels, scores, escape_target, groups=kinds)
+    pipe.threshold, pipe.thresholds = cal["threshold"], cal["thresholds"]
+    if figdir is not None:
+        plot_calibration(calib.labels, scores, cal["threshold"], figdir, kinds, cal["thresholds"])
+    return cal, len(calib.labels)
 
 
 def _prior_commands(ckdir: Path) -> list[str]:

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from calibration.int8 import count_qdq, quantize_model
-from calibration.threshold import calibrate
 from engines import evaluate as ev
 from engines.data import load_split
-from engines.package import calibration_frames, evaluate_set, library_versions
+from engines.package import calibrate_set, evaluate_set, library_versions
 from engines.profiles import get_profile
 from inspector import noise as nz
 from inspector.manifest import load_manifest, sha256_file, write_manifest
@@ -85,21 +84,18 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
     p8 = Pipeline.from_manifest(out)
     # Its own operating point: INT8 scores shift a little, and the float32 threshold sits where the
     # score distribution is dense, so the INT8 set is calibrated like the float32 one, on the same split.
-    calib = load_split(fp32.data, "calib", profile.calib_frames, fp32.seed, progress)
-    cal_scores = ev.batched(
-        lambda b: np.array([r.score for r in p8.run(b)]),
-        calibration_frames(calib.frames, fp32.seed),
-        desc="calibration",
-        progress=progress,
-    )
-    cal = calibrate(calib.labels, cal_scores, fp32.escape_target)
-    p8.threshold = cal["threshold"]
+    cal, _ = calibrate_set(p8, fp32.data, profile, fp32.seed, fp32.escape_target, None, progress)
     manifest = manifest.model_copy(
         update={
             "threshold": cal["threshold"],
+            "thresholds": cal["thresholds"],
             "calibration": {
                 **manifest.calibration,
-                "int8": {**manifest.calibration["int8"], "threshold": cal["threshold"]},
+                "int8": {
+                    **manifest.calibration["int8"],
+                    "threshold": cal["threshold"],
+                    "thresholds": cal["thresholds"],
+                },
                 "metrics": cal["calibration_metrics"],
             },
         }
@@ -126,6 +122,8 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "threshold": {
             "int8": cal["threshold"],
             "float32": fp32.threshold,
+            "int8_per_noise_type": cal["thresholds"],
+            "float32_per_noise_type": fp32.thresholds,
             "escape_target": fp32.escape_target,
         },
         "comparison_with_float32": comparison,

@@ -40,7 +40,10 @@ def build_model(stage: str, config: dict[str, Any]) -> nn.Module:
         return NoiseTypeNet(width=config["width"], input_size=config["input_size"])
     if stage == "defect":
         return DefectNet(
-            width=config["width"], input_size=config["input_size"], arch=config.get("arch", "vgg16")
+            width=config["width"],
+            input_size=config["input_size"],
+            arch=config.get("arch", "vgg16"),
+            pool=config.get("pool", "avg"),
         )
     if stage == "denoise":
         return DenoiseAE(channels=tuple(config["channels"]))
@@ -51,7 +54,12 @@ def stage_config(stage: str, profile: Profile) -> dict[str, Any]:
     if stage == "noise":
         return {"width": profile.noise_width, "input_size": profile.noise_size}
     if stage == "defect":
-        return {"width": profile.defect_width, "input_size": profile.defect_size, "arch": profile.defect_arch}
+        return {
+            "width": profile.defect_width,
+            "input_size": profile.defect_size,
+            "arch": profile.defect_arch,
+            "pool": profile.defect_pool,
+        }
     return {"channels": list(profile.ae_channels)}
 
 
@@ -317,7 +325,7 @@ def train_defect(
     info: dict[str, Any]
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
-        if {"arch": "vgg16", **ckpt["config"]} != config:
+        if {"arch": "vgg16", "pool": "avg", **ckpt["config"]} != config:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
         model.load_state_dict(start.state_dict())
         info = {"main": ckpt["info"]}

@@ -133,9 +133,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     try:
         m = load_manifest(s.engines.path)
-        print(
-            f"engines: {s.engines.path} ({m.model_version}, threshold {s.engines.threshold or m.threshold:.5f})"
-        )
+        if s.engines.threshold is not None:
+            thr = f"threshold {s.engines.threshold:.5f} (engines.threshold overrides the set's)"
+        elif m.thresholds:
+            thr = "thresholds " + ", ".join(f"{k} {v:.5f}" for k, v in m.thresholds.items())
+        else:
+            thr = f"threshold {m.threshold:.5f}"
+        print(f"engines: {s.engines.path} ({m.model_version}, {thr})")
     except ManifestError as exc:
         print(f"error: engines.path: {exc}", file=sys.stderr)
         return 1

@@ -92,7 +92,10 @@ class EnginesConfig(_Section):
         default=0, ge=0, description="ONNX Runtime threads per engine; 0 = one per core"
     )
     threshold: float | None = Field(
-        default=None, ge=0, le=1, description="override the manifest's calibrated defect threshold"
+        default=None,
+        ge=0,
+        le=1,
+        description="one defect threshold for every frame, replacing the manifest's calibrated ones (one per noise type)",
     )
     warmup_batches: int = Field(default=2, ge=0, description="batches run at start-up before READY")
     cuda_streams: bool = Field(

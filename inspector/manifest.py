@@ -67,6 +67,11 @@ class Manifest(BaseModel):
     threshold: float = Field(
         description="defect score (softmax probability of 'defective') at or above which a part is rejected"
     )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="per noise type (the frame's route): the threshold calibrated on that type's frames; "
+        "a type without one (and every type in sets before 2026-11-25 evening) uses `threshold`",
+    )
     escape_target: float
     precision: str = Field(default="float32", description="float32, or int8-qdq for a quantized set")
     salt_pepper_filter: str = "adaptive_median"

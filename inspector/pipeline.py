@@ -3,8 +3,9 @@
 noise type (stage 1, whole batch) -> denoiser routed per frame (impulse median
 for salt-and-pepper, the autoencoder for Gaussian, the sinusoid fit - or, in
 older engine sets, the autoencoder - for periodic, pass-through for clean) -> defect classifier (stage 3, whole batch) -> decision at the
-threshold. The daemon and the build step's evaluation both run this code, so
-what is measured is what is served.
+threshold - one per noise type where the engine set calibrated them (a frame's
+threshold is its route's), else the set's single threshold. The daemon and the
+build step's evaluation both run this code, so what is measured is what is served.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FrameResult:
     denoiser: str
     score: float
     defective: bool
+    threshold: float
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -56,9 +58,15 @@ class Pipeline:
         salt_pepper_filter: str = "adaptive_median",
         periodic_filter: str = "sinusoid_fit",
         manifest: Manifest | None = None,
+        thresholds: dict[str, float] | None = None,
     ) -> None:
         self.engines = engines
         self.threshold = float(threshold)
+        unknown = set(thresholds or {}) - set(NOISE_TYPES)
+        if unknown:
+            raise ValueError(f"thresholds for unknown noise type(s) {sorted(unknown)}; valid: {NOISE_TYPES}")
+        # Per noise type (route); a type without one falls back to ``threshold``.
+        self.thresholds = {k: float(v) for k, v in (thresholds or {}).items()}
         self.routes = routes(salt_pepper_filter, periodic_filter)
         self.manifest = manifest
 
@@ -71,6 +79,7 @@ class Pipeline:
         verify: bool = True,
         **engine_options: Any,
     ) -> Pipeline:
+        """The engine set at ``root``; ``threshold`` overrides its calibrated threshold(s) with one."""
         root = Path(root)
         manifest = load_manifest(root, verify=verify)
         engines = {
@@ -83,7 +92,12 @@ class Pipeline:
             manifest.salt_pepper_filter,
             manifest.periodic_filter,
             manifest=manifest,
+            thresholds=manifest.thresholds if threshold is None else None,
         )
+
+    def threshold_for(self, noise_type: str) -> float:
+        """The decision threshold for a frame the noise classifier called ``noise_type``."""
+        return self.thresholds.get(noise_type, self.threshold)
 
     def classify_noise(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Noise class index and confidence per frame."""
@@ -130,18 +144,23 @@ class Pipeline:
         scores: np.ndarray,
         ms: dict[str, float],
     ) -> list[FrameResult]:
-        """One :class:`FrameResult` per frame, decided at this pipeline's threshold."""
-        return [
-            FrameResult(
-                noise_type=NOISE_TYPES[int(noise_idx[i])],
-                noise_confidence=float(noise_conf[i]),
-                denoiser=names[i],
-                score=float(scores[i]),
-                defective=bool(scores[i] >= self.threshold),
-                stage_ms=ms,
+        """One :class:`FrameResult` per frame, each decided at its noise type's threshold."""
+        out = []
+        for i in range(len(names)):
+            kind = NOISE_TYPES[int(noise_idx[i])]
+            t = self.threshold_for(kind)
+            out.append(
+                FrameResult(
+                    noise_type=kind,
+                    noise_confidence=float(noise_conf[i]),
+                    denoiser=names[i],
+                    score=float(scores[i]),
+                    defective=bool(scores[i] >= t),
+                    threshold=t,
+                    stage_ms=ms,
+                )
             )
-            for i in range(len(names))
-        ]
+        return out
 
     def close(self) -> None:
         for e in self.engines.values():

@@ -143,7 +143,7 @@ class StreamedPipeline:
     def __init__(self, pipe: Pipeline, executor: Any) -> None:
         self.pipe, self.executor = pipe, executor
         self.engines, self.routes, self.manifest = pipe.engines, pipe.routes, pipe.manifest
-        self.threshold = pipe.threshold
+        self.threshold, self.thresholds = pipe.threshold, pipe.thresholds
         self.sched = StreamScheduler(executor, pipe.threshold, pipe.routes)
 
     def run(self, frames: np.ndarray) -> list[FrameResult]:

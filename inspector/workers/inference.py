@@ -77,6 +77,7 @@ class InferenceWorker(Worker):
             "engines ready",
             model_version=self.model_version,
             threshold=self.pipeline.threshold,
+            thresholds=self.pipeline.thresholds,
             path=str(self.settings.engines.path),
         )
 
@@ -107,7 +108,12 @@ class InferenceWorker(Worker):
         self.pipeline, self.settings = new_pipe, new_settings
         self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
         old.close()
-        self.log.info("reloaded", model_version=self.model_version, threshold=new_pipe.threshold)
+        self.log.info(
+            "reloaded",
+            model_version=self.model_version,
+            threshold=new_pipe.threshold,
+            thresholds=new_pipe.thresholds,
+        )
 
     def _load_new(self) -> None:
         try:
@@ -187,7 +193,7 @@ class InferenceWorker(Worker):
         for job, r in zip(live, results, strict=True):
             extra = {
                 "defect_score": r.score,
-                "threshold": self.pipeline.threshold,
+                "threshold": r.threshold,
                 "noise_type": r.noise_type,
                 "noise_confidence": r.noise_confidence,
                 "denoiser": r.denoiser,

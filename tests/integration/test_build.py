@@ -30,6 +30,9 @@ def test_engine_set_is_complete_and_self_describing(tiny_engines: Path):
     assert m.seed == 3 and "inspector-build all --profile tiny" in m.command
     assert {"torch", "onnxruntime", "numpy"} <= set(m.versions)
     assert 0.0 <= m.threshold <= 1.0
+    # one threshold per noise type that had defective parts in the calibration split
+    assert m.thresholds and set(m.thresholds) <= {"clean", "gaussian", "salt_pepper", "periodic"}
+    assert all(0.0 <= t <= 1.0 for t in m.thresholds.values())
     report = json.loads((tiny_engines / "report.json").read_text())
     assert len(report["noise_type"]["levels"]) == 8
     assert {"noisy input", "median 3x3"} <= set(report["denoising"]["gaussian@25"]["methods"])
@@ -57,11 +60,17 @@ def test_onnx_takes_dynamic_batch_and_uint8(tiny_engines: Path):
 
 def test_pipeline_runs_on_the_built_set(tiny_engines: Path, frames):
     pipe = Pipeline.from_manifest(tiny_engines)
+    assert pipe.thresholds == load_manifest(tiny_engines).thresholds
     results = pipe.run(frames[0][:5])
     assert len(results) == 5
     for r in results:
         assert r.noise_type in ("clean", "gaussian", "salt_pepper", "periodic")
-        assert 0.0 <= r.score <= 1.0 and r.defective == (r.score >= pipe.threshold)
+        assert r.threshold == pipe.threshold_for(r.noise_type)
+        assert 0.0 <= r.score <= 1.0 and r.defective == (r.score >= r.threshold)
+    pipe.close()
+    # An operator's threshold (engines.threshold) replaces every calibrated one.
+    pipe = Pipeline.from_manifest(tiny_engines, threshold=0.7)
+    assert pipe.thresholds == {} and all(r.threshold == 0.7 for r in pipe.run(frames[0][:3]))
     pipe.close()
 
 

@@ -61,3 +61,20 @@ def test_unknown_arch_and_too_small_inception_input_are_clear_errors():
         DefectNet(arch="vgg19")
     with pytest.raises(ValueError, match="at least 75 px"):
         DefectNet(input_size=64, arch="inceptionv3")
+
+
+def test_vgg16_avgmax_head_sees_a_single_hot_cell_that_an_average_dilutes():
+    from engines.architectures import AvgMaxPool, pooled_head
+
+    x = torch.zeros(2, 3, 6, 6)
+    x[1, :, 4, 2] = 36.0  # one cell of a 6x6 map lit
+    pooled = AvgMaxPool()(x)
+    assert pooled.shape == (2, 6, 1, 1)
+    assert torch.allclose(pooled[1, :3, 0, 0], torch.ones(3))  # average: 36 / 36
+    assert torch.allclose(pooled[1, 3:, 0, 0], torch.full((3,), 36.0))  # max keeps it
+    assert pooled_head(3, 8, 2, 0.0, "avgmax")[2].in_features == 6
+    model = DefectNet(width=0.0625, input_size=64, pool="avgmax").eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 300, 300, dtype=torch.uint8)).shape == (2, 2)
+    with pytest.raises(ValueError, match="unknown pooling 'sum'"):
+        pooled_head(3, 8, 2, 0.0, "sum")

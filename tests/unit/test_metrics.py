@@ -52,3 +52,36 @@ def test_calibrate_reports_false_reject_rate_and_rejects_bad_targets():
         threshold_for_escape(labels, np.zeros(4), 1.5)
     with pytest.raises(ValueError, match="no defective"):
         threshold_for_escape(np.zeros(4, int), np.zeros(4), 0.01)
+
+
+def test_calibrate_per_group_holds_the_target_in_every_group_and_rejects_fewer_good_parts():
+    # Group "hard": its defectives score low (as Gaussian-noised ones do after denoising); "easy": high.
+    rng = np.random.default_rng(2)
+    n = 800
+    groups = np.array(["easy"] * n + ["hard"] * n + ["no_defects"] * 50)
+    labels = np.r_[rng.integers(0, 2, n), rng.integers(0, 2, n), np.zeros(50, int)]
+    scores = np.r_[
+        np.where(labels[:n] == 1, rng.beta(8, 1, n), rng.beta(1, 8, n)),
+        np.where(labels[n : 2 * n] == 1, rng.beta(2, 2, n), rng.beta(1, 4, n)),
+        rng.beta(1, 8, 50),
+    ]
+    out = calibrate(labels, scores, 0.01, groups=groups)
+    assert set(out["thresholds"]) == {"easy", "hard"}  # no defective: no threshold of its own
+    assert out["thresholds"]["easy"] > out["thresholds"]["hard"]
+    for g, t in out["thresholds"].items():
+        sel = groups == g
+        assert binary_metrics(labels[sel], scores[sel], t)["escape_rate"] <= 0.01
+        assert out["threshold_metrics"][g]["escape_rate"] <= 0.01
+    single, per = out["calibration_metrics"], out["calibration_metrics_per_group"]
+    assert per["escape_rate"] <= 0.01
+    assert per["false_reject_rate"] < single["false_reject_rate"]
+    # Frames of the group without a threshold are decided at the single one.
+    frame_t = np.array([out["thresholds"].get(g, out["threshold"]) for g in groups])
+    assert per == binary_metrics(labels, scores, frame_t)
+
+
+def test_binary_metrics_takes_a_threshold_per_frame():
+    labels = np.array([1, 1, 0, 0])
+    scores = np.array([0.3, 0.6, 0.3, 0.6])
+    m = binary_metrics(labels, scores, np.array([0.2, 0.7, 0.2, 0.7]))
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (1, 1, 1, 1)
