@@ -206,14 +206,22 @@ def calibrate_set(
     Returns the calibration result (``calibration.threshold.calibrate`` with groups) and the split's
     size; draws the ROC and score histograms into ``figdir`` when given.
     """
+    labels, scores, kinds = calibration_scores(pipe, data, profile, seed, progress)
+    cal = calibrate(labels, scores, escape_target, groups=kinds)
+    pipe.threshold, pipe.thresholds = cal["threshold"], cal["thresholds"]
+    if figdir is not None:
+        plot_calibration(labels, scores, cal["threshold"], figdir, kinds, cal["thresholds"])
+    return cal, len(labels)
+
+
+def calibration_scores(
+    pipe: Pipeline, data: str, profile: Profile, seed: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, defect scores and called noise types of the calibration split, through ``pipe``."""
     calib = load_split(data, "calib", profile.calib_frames, seed, progress)
     frames = calibration_frames(calib.frames, seed)
     scores, kinds = ev.pipeline_scores(pipe, frames, "calibration", progress)
-    cal = calibrate(calib.labels, scores, escape_target, groups=kinds)
-    pipe.threshold, pipe.thresholds = cal["threshold"], cal["thresholds"]
-    if figdir is not None:
-        plot_calibration(calib.labels, scores, cal["threshold"], figdir, kinds, cal["thresholds"])
-    return cal, len(calib.labels)
+    return calib.labels, scores, kinds
 
 
 def _prior_commands(ckdir: Path) -> list[str]:

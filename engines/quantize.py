@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from calibration.int8 import count_qdq, quantize_model
+from calibration.threshold import calibrate, paired_bootstrap
 from engines import evaluate as ev
 from engines.data import load_split
-from engines.package import calibrate_set, evaluate_set, library_versions
+from engines.package import calibration_scores, evaluate_set, library_versions
 from engines.profiles import get_profile
 from inspector import noise as nz
 from inspector.manifest import load_manifest, sha256_file, write_manifest
@@ -84,7 +85,14 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
     p8 = Pipeline.from_manifest(out)
     # Its own operating point: INT8 scores shift a little, and the float32 threshold sits where the
     # score distribution is dense, so the INT8 set is calibrated like the float32 one, on the same split.
-    cal, _ = calibrate_set(p8, fp32.data, profile, fp32.seed, fp32.escape_target, None, progress)
+    labels, s8, kinds = calibration_scores(p8, fp32.data, profile, fp32.seed, progress)
+    cal = calibrate(labels, s8, fp32.escape_target, groups=kinds)
+    p8.threshold, p8.thresholds = cal["threshold"], cal["thresholds"]
+    # The same split through float32: how far apart the two operating points are, beside how far one
+    # set's own operating point moves between samples of the split.
+    p32 = Pipeline.from_manifest(src)
+    _, s32, kinds32 = calibration_scores(p32, fp32.data, profile, fp32.seed, progress)
+    boot = paired_bootstrap(labels, kinds32, s32, s8, fp32.escape_target)
     manifest = manifest.model_copy(
         update={
             "threshold": cal["threshold"],
@@ -107,7 +115,6 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
         flush=True,
     )
     rep8 = evaluate_set(p8, fp32.data, profile, fp32.seed, out / "figures", progress)
-    p32 = Pipeline.from_manifest(src)
     test = load_split(fp32.data, "test", 64, fp32.seed, progress=False)
     speed = {
         "float32": ev.stage_latency(p32, test.frames, repeats=20),
@@ -127,12 +134,21 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "escape_target": fp32.escape_target,
         },
         "comparison_with_float32": comparison,
+        "operating_point_bootstrap": boot,
         "cpu_ms_per_frame_batch8": speed,
         "elapsed_seconds": round(time.time() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "report.md").write_text(
-        render(comparison, speed, manifest.model_version, command, (fp32.threshold, cal["threshold"]))
+        render(
+            comparison,
+            speed,
+            manifest.model_version,
+            command,
+            (fp32.threshold, cal["threshold"]),
+            boot,
+            (fp32.thresholds, cal["thresholds"]),
+        )
     )
     return report
 
@@ -191,12 +207,38 @@ def render(
     version: str,
     command: str,
     thresholds: tuple[float, float] | None = None,
+    boot: dict[str, Any] | None = None,
+    per_type: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> str:
     lines = [f"# INT8 (Q/DQ) engine set `{version}` against float32\n", f"Made with `{command}`.\n"]
     if thresholds is not None:
         lines.append(
-            f"Each set at its own calibrated threshold (same calibration split and escape target): "
-            f"float32 {thresholds[0]:.5f}, INT8 {thresholds[1]:.5f}. Rows marked @0.5 compare both at 0.5.\n"
+            f"Each set at its own calibrated thresholds (same calibration split and escape target): single "
+            f"float32 {thresholds[0]:.5f}, INT8 {thresholds[1]:.5f}"
+            + (
+                "; per noise type "
+                + ", ".join(
+                    f"{k} {per_type[0].get(k, float('nan')):.5f} / {v:.5f}" for k, v in per_type[1].items()
+                )
+                + " (float32 / INT8)"
+                if per_type
+                else ""
+            )
+            + ". Rows marked @0.5 compare both at 0.5.\n"
+        )
+    if boot is not None:
+        p, ci = boot["point"], boot["interval_95"]
+
+        def _pt(k: str) -> str:
+            return f"{p[k] * 100:.1f}% (95% interval {ci[k][0] * 100:.1f} to {ci[k][1] * 100:.1f})"
+
+        lines.append(
+            f"How noisy the operating point is ({boot['resamples']} bootstrap resamples of the calibration split, "
+            f"each set's per-type thresholds recalibrated for {boot['escape_target']:.1%} escapes in every resample): "
+            f"false reject rate float32 {_pt('frr_a')}, INT8 {_pt('frr_b')}; difference INT8 - float32 "
+            f"{p['frr_delta'] * 100:+.1f} points (95% interval {ci['frr_delta'][0] * 100:+.1f} to "
+            f"{ci['frr_delta'][1] * 100:+.1f}); accuracy difference {p['accuracy_delta'] * 100:+.2f} points "
+            f"({ci['accuracy_delta'][0] * 100:+.2f} to {ci['accuracy_delta'][1] * 100:+.2f}).\n"
         )
     lines.append(
         f"Defect accuracy on clean frames, each at its calibrated threshold: {c['defect_accuracy_clean_delta'] * 100:+.2f} points; "

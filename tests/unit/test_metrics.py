@@ -85,3 +85,22 @@ def test_binary_metrics_takes_a_threshold_per_frame():
     scores = np.array([0.3, 0.6, 0.3, 0.6])
     m = binary_metrics(labels, scores, np.array([0.2, 0.7, 0.2, 0.7]))
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (1, 1, 1, 1)
+
+
+def test_paired_bootstrap_separates_noise_from_a_real_difference():
+    from calibration.threshold import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    groups = np.array(["clean", "gaussian"] * (n // 2))
+    labels = rng.integers(0, 2, n)
+    a = np.where(labels == 1, rng.beta(6, 1.5, n), rng.beta(1.5, 6, n))
+    same = paired_bootstrap(labels, groups, a, a.copy(), 0.01, resamples=200)
+    assert same["point"]["frr_delta"] == 0.0 and same["interval_95"]["frr_delta"] == [0.0, 0.0]
+    lo, hi = same["interval_95"]["frr_a"]
+    assert lo < same["point"]["frr_a"] < hi  # one set's own operating point moves between samples
+    # b: the good parts score much higher - clearly more false rejects at any escape target.
+    b = np.where(labels == 1, a, np.clip(a + 0.3, 0, 1))
+    worse = paired_bootstrap(labels, groups, a, b, 0.01, resamples=200)
+    assert worse["interval_95"]["frr_delta"][0] > 0
+    assert worse["interval_95"]["accuracy_delta"][1] < 0
