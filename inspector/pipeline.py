@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -165,3 +165,59 @@ class Pipeline:
     def close(self) -> None:
         for e in self.engines.values():
             e.close()
+
+
+P = TypeVar("P")
+
+
+class BatchRunner(Generic[P]):
+    """Runs batches through a pipeline, one in flight where the pipeline uploads asynchronously.
+
+    ``step(frames, payload)`` hands in a batch (or ``None``) and returns the
+    batches that finished, each as ``(payload, results or the exception it
+    raised)``, in the order they were handed in. A plain :class:`Pipeline`
+    runs the batch at once. A pipeline with ``submit``/``collect`` (the CUDA
+    stream schedule) gets batch N+1 submitted - its upload enqueued - before
+    batch N is collected, so the upload overlaps N's compute; the caller
+    hands in ``None`` when no next batch is waiting, which collects the one in
+    flight without delay. Every batch handed in comes back exactly once.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.inflight: tuple[Any, P] | None = None
+
+    @property
+    def overlaps(self) -> bool:
+        return hasattr(self.pipe, "submit") and hasattr(self.pipe, "collect")
+
+    @property
+    def busy(self) -> bool:
+        """A batch is in flight: collect it (``step(None, ...)``) before swapping the pipeline."""
+        return self.inflight is not None
+
+    def step(self, frames: np.ndarray | None, payload: P | None = None) -> list[tuple[P, Any]]:
+        done: list[tuple[P, Any]] = []
+        if not self.overlaps:
+            if frames is not None:
+                done.append((payload, _attempt(self.pipe.run, frames)))  # type: ignore[arg-type]
+            return done
+        submitted = None
+        if frames is not None:
+            ticket = _attempt(self.pipe.submit, frames)
+            if isinstance(ticket, Exception):
+                done.append((payload, ticket))  # type: ignore[arg-type]
+            else:
+                submitted = (ticket, payload)
+        if self.inflight is not None:
+            ticket, earlier = self.inflight
+            done.insert(0, (earlier, _attempt(self.pipe.collect, ticket)))
+        self.inflight = submitted  # type: ignore[assignment]
+        return done
+
+
+def _attempt(fn: Any, arg: Any) -> Any:
+    try:
+        return fn(arg)
+    except Exception as exc:  # the caller turns it into ERROR verdicts for that batch
+        return exc

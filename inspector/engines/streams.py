@@ -146,12 +146,25 @@ class StreamedPipeline:
         self.threshold, self.thresholds = pipe.threshold, pipe.thresholds
         self.sched = StreamScheduler(executor, pipe.threshold, pipe.routes)
 
-    def run(self, frames: np.ndarray) -> list[FrameResult]:
+    def submit(self, frames: np.ndarray) -> tuple[int, int, float]:
+        """Stage ``frames`` and enqueue their upload; returns a ticket for :meth:`collect`.
+
+        Up to two batches may be submitted before the first is collected (the
+        schedule's buffer sets): submitting batch N+1 before collecting batch
+        N puts N+1's upload on the copy stream while N computes.
+        """
         check_frames(frames)
         t0 = time.perf_counter()
-        n = self.sched.upload(frames)
-        ids, conf, names, scores = self.sched.infer(n, len(frames))
+        return self.sched.upload(frames), len(frames), t0
+
+    def collect(self, ticket: tuple[int, int, float]) -> list[FrameResult]:
+        """Run the submitted batch through the stages and return its results."""
+        n, count, t0 = ticket
+        ids, conf, names, scores = self.sched.infer(n, count)
         return self.pipe.results(ids, conf, names, scores, {"streams": (time.perf_counter() - t0) * 1e3})
+
+    def run(self, frames: np.ndarray) -> list[FrameResult]:
+        return self.collect(self.submit(frames))
 
     def denoise(self, frames: np.ndarray, noise_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return self.pipe.denoise(frames, noise_idx)

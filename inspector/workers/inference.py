@@ -8,6 +8,12 @@ the batch into ERROR verdicts; it never kills the worker. On SIGHUP the
 supervisor bumps a generation counter; this worker builds and warms the new
 pipeline in a thread while the old one keeps serving, then swaps them between
 two batches, so a reload drops nothing.
+
+On the CUDA-stream schedule (TensorRT backend) one batch stays in flight: the
+next batch, if frames are already waiting, is uploaded before the current one
+is collected, so its upload overlaps the current one's compute
+(:class:`~inspector.pipeline.BatchRunner`); with nothing waiting, the batch in
+flight is collected at once.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import zmq
 
 from inspector import metrics
 from inspector.config import Settings
-from inspector.pipeline import Pipeline
+from inspector.pipeline import BatchRunner, Pipeline
 from inspector.protocol import Verdict
 from inspector.synthetic import ImpellerGenerator
 from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
@@ -70,6 +76,7 @@ class InferenceWorker(Worker):
         self._loaded: tuple[Settings, Any] | None = None
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
         self._warm_up(self.pipeline)
+        self.runner: BatchRunner[tuple[list[Job], int]] = BatchRunner(self.pipeline)
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
         self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
         self.shared.ready.value = 1
@@ -90,7 +97,10 @@ class InferenceWorker(Worker):
             pipe.denoise(frames, np.array([1, 2, 3] * n)[:n])
 
     def _maybe_reload(self) -> None:
-        """Build the new pipeline in a thread while this one keeps serving; swap between two batches."""
+        """Build the new pipeline in a thread while this one keeps serving; swap between two batches.
+
+        The swap waits until no batch is in flight (run_loop collects it first).
+        """
         gen = int(self.shared.reload_gen.value)
         if gen != self.reload_gen and self._loader is None:
             self.reload_gen = gen
@@ -99,6 +109,8 @@ class InferenceWorker(Worker):
             self._loader.start()
         if self._loader is None or self._loader.is_alive():
             return
+        if self.runner.busy:
+            self._publish(self.runner.step(None))
         self._loader = None
         if self._loaded is None:
             return  # the loader logged why
@@ -106,6 +118,7 @@ class InferenceWorker(Worker):
         self._loaded = None
         old = self.pipeline
         self.pipeline, self.settings = new_pipe, new_settings
+        self.runner = BatchRunner(new_pipe)
         self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
         old.close()
         self.log.info(
@@ -127,6 +140,15 @@ class InferenceWorker(Worker):
 
     def _collect(self) -> list[Job]:
         b = self.settings.batching
+        if self.runner.busy:
+            # A batch is in flight: take only what is already queued, never wait for more.
+            ready: list[Job] = []
+            while len(ready) < b.max_batch:
+                try:
+                    ready.append(self.jobs.recv_pyobj(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            return ready
         if not self.jobs.poll(50):
             return []
         batch: list[Job] = [self.jobs.recv_pyobj()]
@@ -155,7 +177,7 @@ class InferenceWorker(Worker):
         self.shared.progress.value += 1
         self._maybe_reload()
         batch = self._collect()
-        if not batch:
+        if not batch and not self.runner.busy:
             return not self.stop_requested
         self._process(batch)
         return True
@@ -173,18 +195,24 @@ class InferenceWorker(Worker):
             else:
                 live.append(job)
         if live:
-            self._infer(live, t_start)
+            frames = self.ring.frames[[j[1] for j in live]]  # fancy indexing copies out of the ring
+            self.m.batch.observe(len(live))
+            self._publish(self.runner.step(frames, (live, t_start)))
+        elif self.runner.busy:
+            self._publish(self.runner.step(None))
 
-    def _infer(self, live: list[Job], t_start: int) -> None:
-        frames = self.ring.frames[[j[1] for j in live]]  # fancy indexing copies out of the ring
-        self.m.batch.observe(len(live))
-        try:
-            results = self.pipeline.run(frames)
-        except Exception as exc:  # an engine failure rejects the batch, it never kills the worker
-            self.log.error("engine failure", error=str(exc), batch=len(live))
-            for job in live:
-                self._send(job, Verdict.ERROR, f"engine failure: {exc}")
-            return
+    def _publish(self, finished: list[tuple[tuple[list[Job], int], Any]]) -> None:
+        for (live, t_start), outcome in finished:
+            if isinstance(
+                outcome, Exception
+            ):  # an engine failure rejects the batch, it never kills the worker
+                self.log.error("engine failure", error=str(outcome), batch=len(live))
+                for job in live:
+                    self._send(job, Verdict.ERROR, f"engine failure: {outcome}")
+            else:
+                self._verdicts(live, t_start, outcome)
+
+    def _verdicts(self, live: list[Job], t_start: int, results: list[Any]) -> None:
         t_done = now_ns()
         self.shared.processed.value += len(live)
         stage_ms = results[0].stage_ms
@@ -211,9 +239,11 @@ class InferenceWorker(Worker):
         deadline = time.monotonic() + self.settings.supervisor.drain_timeout_s
         while time.monotonic() < deadline:
             batch = self._collect()
-            if not batch:
+            if not batch and not self.runner.busy:
                 break
             self._process(batch)
+        if self.runner.busy:  # past the drain deadline: still answer the batch in flight
+            self._publish(self.runner.step(None))
         self.shared.ready.value = 0
         self.pipeline.close()
         self.jobs.close(0)

@@ -154,3 +154,47 @@ def test_streamed_pipeline_routes_every_denoiser_like_the_pipeline(batches):
             np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-6)
             seen |= {r.denoiser for r in got}
     assert {"sinusoid_fit", "adaptive_median", "autoencoder", "none"} <= seen
+
+
+def test_batch_runner_keeps_one_batch_in_flight_and_answers_every_batch_once(tiny_engines: Path, batches):
+    from inspector.engines.streams import StreamedPipeline
+    from inspector.pipeline import BatchRunner
+
+    ref = Pipeline.from_manifest(tiny_engines)
+    pipe = Pipeline.from_manifest(tiny_engines)
+    ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=5, prefer="copy")
+    runner = BatchRunner(StreamedPipeline(pipe, ex))
+    assert runner.overlaps
+    done: list = []
+    # The worker's pattern: a batch per step while frames wait, None when nothing is waiting.
+    for i, frames in enumerate(batches[:3]):
+        done += runner.step(frames, i)
+    assert runner.busy and [p for p, _ in done] == [0, 1]  # batch 2 in flight
+    done += runner.step(None)
+    assert not runner.busy
+    done += runner.step(batches[3], 3) + runner.step(batches[4][:2], 4) + runner.step(None)
+    assert [p for p, _ in done] == [0, 1, 2, 3, 4]
+    want = [batches[0], batches[1], batches[2], batches[3], batches[4][:2]]
+    for (_, got), frames in zip(done, want, strict=True):
+        exp = ref.run(frames)
+        assert [r.noise_type for r in got] == [r.noise_type for r in exp]
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in exp], atol=1e-5)
+        assert [r.defective for r in got] == [r.defective for r in exp]
+    # Batch 1 was uploaded before batch 0's defect engine ran: the overlap the runner exists for.
+    order = [(op.kind, op.args.get("engine", op.args.get("dst"))) for op in ex.executed]
+    assert order.index(("h2d", "d_in1")) < order.index(("run", "defect"))
+    ref.close()
+    runner.pipe.close()
+
+
+def test_batch_runner_turns_a_failure_into_that_batchs_outcome_only(tiny_engines: Path, batches):
+    from inspector.pipeline import BatchRunner
+
+    pipe = Pipeline.from_manifest(tiny_engines)
+    runner = BatchRunner(pipe)
+    assert not runner.overlaps
+    bad = runner.step(batches[0].astype(np.float32), "bad")  # not uint8: the pipeline refuses it
+    good = runner.step(batches[1], "good")
+    assert bad[0][0] == "bad" and isinstance(bad[0][1], ValueError)
+    assert good[0][0] == "good" and len(good[0][1]) == len(batches[1]) and not runner.busy
+    pipe.close()
