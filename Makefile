@@ -38,7 +38,7 @@ engines: $(STAMP) ## train, export, calibrate and evaluate the shipped default e
 demo: $(STAMP) ## run the daemon with a simulated camera and a verdict listener on the shipped engines, then summarise
 	$(VENV)/bin/inspector demo --engines $(ENGINES)
 
-bench: $(STAMP) ## measure the daemon from outside against a tight batched loop and a per-frame eager loop (JSON + table)
+bench: $(STAMP) ## measure the daemon from outside against a tight batched loop and a per-frame eager loop, and INT8 against float32 on the CPU (JSON + table)
 	$(PY) bench/run.py --engines $(ENGINES)
 
 .PHONY: help venv lint format test engines demo bench

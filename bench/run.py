@@ -11,6 +11,9 @@ In one run, on one machine, with the same engines and the same frames:
                    several offered loads, verdicts collected by a subscriber: sustained throughput
                    (inspected verdicts per second), p50/p99 latency from receipt to publication,
                    and what was shed.
+(d) INT8         - where the Q/DQ INT8 set sits beside the engines (``<engines>-int8``, or
+                   ``--int8``): the tight loop again on it, run right after float32's on the same
+                   frames, and each stage's ms per frame for both sets.
 
 Writes ``bench/results.json`` and prints a table. Not a test: nothing fails on speed.
 """
@@ -208,9 +211,22 @@ def main() -> int:
     ap.add_argument(
         "--loads", default="0.5,1.0,1.5", help="offered loads as fractions of the tight loop's throughput"
     )
+    ap.add_argument(
+        "--int8",
+        default="auto",
+        help="the INT8 (Q/DQ) engine set to compare on the CPU: a path, 'auto' (<engines>-int8 if it exists) "
+        "or 'none' (default: %(default)s)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = ap.parse_args()
     manifest = load_manifest(args.engines)
+    int8: Path | None = None
+    if args.int8 == "auto":
+        cand = args.engines.parent / f"{args.engines.name}-int8"
+        int8 = cand if (cand / "manifest.json").is_file() else None
+    elif args.int8 != "none":
+        int8 = Path(args.int8)
+        load_manifest(int8)  # a clear error now, not after the daemon runs
     sets = [f"batching.max_batch={args.max_batch}", f"batching.max_delay_ms={args.max_delay_ms}"]
     results: dict[str, Any] = {
         "machine": {
@@ -228,6 +244,10 @@ def main() -> int:
         frames = frames_for(mix, 64)
         print(f"[{name}] tight batched loop ...", flush=True)
         tight = tight_loop(args.engines, frames, args.max_batch, args.seconds)
+        tight8 = None
+        if int8 is not None:
+            print(f"[{name}] tight batched loop, INT8 set ...", flush=True)
+            tight8 = tight_loop(int8, frames, args.max_batch, args.seconds)
         print(f"[{name}] per-frame PyTorch eager loop ...", flush=True)
         eager = eager_loop(args.engines, frames, args.seconds)
         runs = []
@@ -242,6 +262,7 @@ def main() -> int:
         results["mixes"][name] = {
             "mix": mix,
             "tight_loop": tight,
+            "tight_loop_int8": tight8,
             "eager_loop": eager,
             "daemon": runs,
             "daemon_sustained_fps": sustained,
@@ -250,11 +271,29 @@ def main() -> int:
             "p99_at_half_load_ms": half["latency_ms_p99"],
             "p99_bound_ms": args.max_delay_ms + 2 * tight["batch_ms_mean"],
         }
+    if int8 is not None:
+        print("[stages] ms per frame at batch 8, float32 and INT8 ...", flush=True)
+        results["int8"] = {"engines": str(int8), "stage_ms_per_frame": stage_times(args.engines, int8)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
     print(f"\nwritten {args.out}")
     return 0
+
+
+def stage_times(fp32: Path, int8: Path) -> dict[str, dict[str, float]]:
+    """Each stage's ONNX Runtime ms per frame at batch 8 (median of 20), both sets measured alternately."""
+    from engines.evaluate import stage_latency
+
+    frames = np.stack(frames_for(MIXES["line (clean 70%)"], 8))
+    pipes = {"float32": Pipeline.from_manifest(fp32), "int8": Pipeline.from_manifest(int8)}
+    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in pipes}
+    for _ in range(3):
+        for k, p in pipes.items():
+            rounds[k].append(stage_latency(p, frames, repeats=20))
+    for p in pipes.values():
+        p.close()
+    return {k: {st: float(np.median([r[st] for r in rs])) for st in rs[0]} for k, rs in rounds.items()}
 
 
 def render(r: dict[str, Any]) -> str:
@@ -283,6 +322,22 @@ def render(r: dict[str, Any]) -> str:
                 f"| {name} | {d['offered_fps']:.1f} | {d['inspected_fps']:.1f} | {d['latency_ms_p50']:.1f} | "
                 f"{d['latency_ms_p99']:.1f} | {d['by_kind']} |"
             )
+    if "int8" in r:
+        lines += [
+            "",
+            f"INT8 (Q/DQ, {r['int8']['engines']}) against float32 on ONNX Runtime CPU, same frames:",
+            "",
+            "| mix | float32 tight fps | INT8 tight fps | INT8 / float32 |",
+            "|---|---|---|---|",
+        ]
+        for name, m in r["mixes"].items():
+            a, b = m["tight_loop"]["fps"], m["tight_loop_int8"]["fps"]
+            lines.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        st = r["int8"]["stage_ms_per_frame"]
+        lines += ["", "| stage | float32 ms/frame | INT8 ms/frame | speed-up |", "|---|---|---|---|"]
+        for k, a in st["float32"].items():
+            b = st["int8"][k]
+            lines.append(f"| {k} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
     return "\n".join(lines)
 
 
