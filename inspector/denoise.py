@@ -66,9 +66,10 @@ def _spectral_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 def _dft_at(img: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
     """DFT of ``img`` at fractional frequencies (cycles per frame): ``(len(vs), len(us))`` complex."""
     h, w = img.shape
-    ex = np.exp(-2j * np.pi * np.outer(np.arange(w), us) / w)
-    ey = np.exp(-2j * np.pi * np.outer(vs, np.arange(h)) / h)
-    return np.asarray(ey @ (img @ ex))
+    ax = (-2 * np.pi / w) * np.outer(np.arange(w), us)
+    ay = (-2 * np.pi / h) * np.outer(vs, np.arange(h))
+    rows = img @ np.cos(ax) + 1j * (img @ np.sin(ax))  # real matmuls: the frame is never made complex
+    return np.asarray((np.cos(ay) + 1j * np.sin(ay)) @ rows)
 
 
 def find_sinusoids(frame: np.ndarray, max_components: int = MAX_SINUSOIDS) -> list[tuple[float, float]]:
