@@ -204,3 +204,34 @@ def test_defect_finetune_resumes_and_keeps_the_better_weights(tiny_engines: Path
     assert info["val_accuracy"] >= info["finetune_history"][0]["val_accuracy"]
     lines = (ck / "train_command.txt").read_text().splitlines()
     assert lines[-1].startswith("inspector-build train") and "--resume" in lines[-1]
+
+
+def test_the_same_command_rebuilds_the_same_engine_set(tiny_engines: Path, tmp_path: Path):
+    """`make engines` reproduces the shipped set: same seed, same code, same libraries -> same files.
+
+    Training is deterministic on the CPU (seeded numpy frames and batches, seeded torch, no
+    data-loader workers), so the second build's ONNX files are byte-identical and its report's
+    numbers equal. (Another CPU model or library version may change the floating-point results.)
+    """
+    from engines.cli import main
+
+    out = tmp_path / "engines"
+    args = [
+        "all",
+        "--profile",
+        "tiny",
+        "--seed",
+        "3",
+        "--checkpoints",
+        str(tmp_path / "ck"),
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--quiet"]) == 0
+    first, again = load_manifest(tiny_engines), load_manifest(out)
+    assert {s: e.sha256 for s, e in again.stages.items()} == {s: e.sha256 for s, e in first.stages.items()}
+    assert again.thresholds == first.thresholds and again.threshold == first.threshold
+    r1 = json.loads((tiny_engines / "report.json").read_text())
+    r2 = json.loads((out / "report.json").read_text())
+    assert r2["defect"]["rows"] == r1["defect"]["rows"]
+    assert r2["noise_type"] == r1["noise_type"]
