@@ -6,6 +6,7 @@ Typical use::
     inspector-build train --stage defect --data /data/casting_data --out build/myline
     inspector-build package --checkpoints build/default --out engines/default
     inspector-build evaluate --engines engines/default
+    inspector-build calibrate --engines engines/default --escape-rate 0.01   # another operating point
     inspector-build train --stage defect --arch resnet50 --checkpoints build/resnet50
     inspector-build compare --out docs/comparison           # the classifier comparison (~1 h, 2 cores)
 
@@ -114,6 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--engines", type=Path, required=True, help="engine set folder (with manifest.json)")
+
+    p = sub.add_parser(
+        "calibrate",
+        help="new decision thresholds for an engine set (another escape rate, or your line's frames), re-evaluated",
+    )
+    p.add_argument("--engines", type=Path, required=True, help="engine set folder (with manifest.json)")
+    p.add_argument(
+        "--escape-rate",
+        type=float,
+        default=0.005,
+        help="target share of defective parts passed, per noise type (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'synthetic' or a folder <root>/<split>/<class>/*.png|jpg to calibrate on (default: the set's own)",
+    )
+    p.add_argument(
+        "--test-frames", type=int, default=None, help="override the profile's number of test frames"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("quantize", help="INT8 Q/DQ engine set from a float32 one, evaluated against it")
     p.add_argument(
@@ -324,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             elif args.arch is not None:
                 _check_arch(args.arch, checkpoint_dir(args) / "defect.pt")
             package(args, command)
+        elif args.cmd == "calibrate":
+            from engines.package import recalibrate
+
+            recalibrate(args, command)
         elif args.cmd == "quantize":
             from engines.quantize import quantize_set
 

@@ -131,13 +131,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
 
     figdir = out / "figures"
     cal, n_calib = calibrate_set(pipe, args.data, profile, args.seed, args.escape_rate, figdir, progress)
-    print(
-        f"single threshold {cal['threshold']:.5f} for escape target {args.escape_rate}: calibration false "
-        f"reject rate {cal['calibration_metrics']['false_reject_rate']:.4f}; per noise type "
-        + ", ".join(f"{k} {v:.5f}" for k, v in cal["thresholds"].items())
-        + f": {cal['calibration_metrics_per_group']['false_reject_rate']:.4f}",
-        flush=True,
-    )
+    _say_calibration(cal)
 
     report = evaluate_set(pipe, args.data, profile, args.seed, figdir, progress)
     budget = {
@@ -147,14 +141,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         "limit_noisy_frame": 6.0,
     }
     report["budget_gflop"] = budget
-    report["calibration"] = {
-        **cal,
-        "split": f"synthetic seed {synthetic_seed(args.seed, 'calib')}"
-        if args.data == "synthetic"
-        else "carved from train",
-        "n": n_calib,
-        "mix": "frame i: clean if i % 4 == 0, else gaussian / salt_pepper / periodic at a training-range level",
-    }
+    report["calibration"] = calibration_record(cal, n_calib, args.data, args.seed)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     prior = [c for c in _prior_commands(ckdir) if c != command]
     manifest = Manifest(
@@ -172,8 +159,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         stages=entries,
         checkpoints=shipped_ck,
         budget_gflop=budget,
-        calibration={k: v for k, v in report["calibration"].items() if k != "calibration_metrics"}
-        | {"metrics": cal["calibration_metrics"]},
+        calibration=manifest_calibration(report["calibration"]),
         metrics=summary_metrics(report),
         versions=library_versions(),
         git_revision=git_revision(),
@@ -189,6 +175,75 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
     write_report(out, report)
     pipe.close()
     print(f"engine set written to {out} in {time.time() - t0:.0f} s", flush=True)
+    return manifest
+
+
+def _say_calibration(cal: dict[str, Any]) -> None:
+    print(
+        f"single threshold {cal['threshold']:.5f} for escape target {cal['escape_target']}: calibration false "
+        f"reject rate {cal['calibration_metrics']['false_reject_rate']:.4f}; per noise type "
+        + ", ".join(f"{k} {v:.5f}" for k, v in cal["thresholds"].items())
+        + f": {cal['calibration_metrics_per_group']['false_reject_rate']:.4f}",
+        flush=True,
+    )
+
+
+def calibration_record(cal: dict[str, Any], n: int, data: str, seed: int) -> dict[str, Any]:
+    """The report's calibration block."""
+    return {
+        **cal,
+        "split": f"synthetic seed {synthetic_seed(seed, 'calib')}"
+        if data == "synthetic"
+        else f"carved from {data}",
+        "n": n,
+        "mix": "frame i: clean if i % 4 == 0, else gaussian / salt_pepper / periodic at a training-range level",
+    }
+
+
+def manifest_calibration(record: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's calibration block: the report's, with the whole split's metrics under ``metrics``."""
+    return {k: v for k, v in record.items() if k != "calibration_metrics"} | {
+        "metrics": record["calibration_metrics"]
+    }
+
+
+def recalibrate(args: argparse.Namespace, command: str) -> Manifest:
+    """New thresholds for an existing engine set (another escape target, or the line's own frames).
+
+    Scores the calibration split through the set, sets the single and the
+    per-noise-type thresholds, rewrites the manifest (thresholds, target, the
+    command appended) and the calibration figures, and re-runs the evaluation
+    so the report describes the new operating point. The engine files are
+    untouched: their hashes still hold, and a running daemon picks the new
+    thresholds up on reload (SIGHUP).
+    """
+    if not 0.0 <= args.escape_rate < 1.0:  # before minutes of scoring, not after
+        raise ValueError(f"escape rate target must be in [0, 1), got {args.escape_rate}")
+    root: Path = args.engines
+    manifest = load_manifest(root)
+    profile = get_profile(manifest.profile, test_frames=args.test_frames)
+    data = args.data if args.data is not None else manifest.data
+    progress = not args.quiet
+    pipe = Pipeline.from_manifest(root)
+    cal, n = calibrate_set(pipe, data, profile, manifest.seed, args.escape_rate, root / "figures", progress)
+    _say_calibration(cal)
+    report = json.loads((root / "report.json").read_text()) if (root / "report.json").is_file() else {}
+    report["calibration"] = calibration_record(cal, n, data, manifest.seed)
+    report.update(evaluate_set(pipe, manifest.data, profile, manifest.seed, root / "figures", progress))
+    pipe.close()
+    manifest = manifest.model_copy(
+        update={
+            "threshold": cal["threshold"],
+            "thresholds": cal["thresholds"],
+            "escape_target": args.escape_rate,
+            "command": f"{manifest.command} && {command}",
+            "calibration": manifest_calibration(report["calibration"]),
+            "metrics": summary_metrics(report) if "denoising" in report else manifest.metrics,
+        }
+    )
+    write_manifest(root, manifest)
+    write_report(root, report)
+    print(f"thresholds of {root} recalibrated for escape rate {args.escape_rate}")
     return manifest
 
 

@@ -235,3 +235,32 @@ def test_the_same_command_rebuilds_the_same_engine_set(tiny_engines: Path, tmp_p
     r2 = json.loads((out / "report.json").read_text())
     assert r2["defect"]["rows"] == r1["defect"]["rows"]
     assert r2["noise_type"] == r1["noise_type"]
+
+
+def test_calibrate_sets_new_thresholds_without_touching_the_engines(
+    tiny_engines: Path, tmp_path: Path, capsys
+):
+    import shutil
+
+    from engines.cli import main
+
+    root = tmp_path / "set"
+    shutil.copytree(tiny_engines, root)
+    before = load_manifest(root)
+    assert main(["calibrate", "--engines", str(root), "--escape-rate", "0.25", "--quiet"]) == 0
+    after = load_manifest(root)  # the engine files' hashes still hold
+    assert after.escape_target == 0.25 and after.command.endswith("--escape-rate 0.25 --quiet")
+    assert {s: e.sha256 for s, e in after.stages.items()} == {s: e.sha256 for s, e in before.stages.items()}
+    report = json.loads((root / "report.json").read_text())
+    assert report["calibration"]["escape_target"] == 0.25
+    assert report["calibration"]["thresholds"] == after.thresholds == report["defect"]["thresholds"]
+    for m in report["calibration"]["threshold_metrics"].values():
+        assert m["escape_rate"] <= 0.25
+    # A looser escape target never needs a stricter (lower) threshold.
+    for k, t in after.thresholds.items():
+        if k in before.thresholds:
+            assert t >= before.thresholds[k]
+    capsys.readouterr()
+    assert main(["calibrate", "--engines", str(root), "--escape-rate", "1.5", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("inspector-build: error: escape rate target must be in [0, 1)") and "\n" not in err
