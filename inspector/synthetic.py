@@ -21,7 +21,7 @@ on every machine, independently of how many frames were drawn before.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -33,13 +33,18 @@ CLASSES = ("ok", "defective")
 
 @dataclass(frozen=True)
 class Defect:
-    """One drawn defect: its kind, centre (x, y) in pixels, size in pixels and contrast in grey levels."""
+    """One drawn defect: its kind, centre (x, y) in pixels, size in pixels and contrast in grey levels.
+
+    ``visible_px`` counts the pixels the drawing changed by at least 8 grey levels (before surface
+    texture and blur): a crack whose random walk left the part can end up with few.
+    """
 
     kind: str
     x: float
     y: float
     size: float
     contrast: float
+    visible_px: int = -1
 
 
 @dataclass
@@ -82,7 +87,10 @@ class ImpellerGenerator:
             n = int(rng.choice([1, 1, 1, 2, 2, 3]))
             for _ in range(n):
                 kind = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
-                defects.append(_DRAWERS[kind](image, geom, rng))
+                before = image.copy()
+                drawn = _DRAWERS[kind](image, geom, rng)
+                changed = int(np.count_nonzero(np.abs(image.astype(np.float32) - before) >= 8))
+                defects.append(replace(drawn, visible_px=changed))
         image = _finish(image, geom, rng)
         return Sample(image=image, defective=defective, defects=defects)
 

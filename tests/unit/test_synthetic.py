@@ -47,3 +47,10 @@ def test_every_defect_kind_appears():
     g = ImpellerGenerator(seed=2)
     kinds = {d.kind for i in range(60) for d in g.sample(i, defective=True).defects}
     assert kinds == set(DEFECT_KINDS)
+
+
+def test_every_defect_records_how_many_pixels_it_changed():
+    gen = ImpellerGenerator(seed=11)
+    defects = [d for i in range(40) for d in gen.sample(i, defective=True).defects]
+    assert defects and all(d.visible_px >= 0 for d in defects)
+    assert sum(d.visible_px > 20 for d in defects) > 0.8 * len(defects)  # most are plainly drawn
