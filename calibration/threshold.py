@@ -52,33 +52,31 @@ def calibrate(
     }
     if groups is None:
         return out
-    groups = np.asarray(groups)
-    labels = np.asarray(labels)
-    per: dict[str, float] = {}
-    per_metrics: dict[str, dict[str, float]] = {}
-    for g in sorted(set(groups.tolist())):
-        sel = groups == g
-        if labels[sel].sum() == 0:
-            continue
-        per[g] = threshold_for_escape(labels[sel], scores[sel], escape_target)
-        per_metrics[g] = binary_metrics(labels[sel], scores[sel], per[g])
-    frame_t = np.array([per.get(g, t) for g in groups.tolist()])
+    groups, labels = np.asarray(groups), np.asarray(labels)
+    per = group_thresholds(labels, scores, groups, escape_target)
     out["thresholds"] = per
-    out["threshold_metrics"] = per_metrics
-    out["calibration_metrics_per_group"] = binary_metrics(labels, scores, frame_t)
+    out["threshold_metrics"] = {
+        g: binary_metrics(labels[groups == g], scores[groups == g], t) for g, t in per.items()
+    }
+    out["calibration_metrics_per_group"] = binary_metrics(labels, scores, frame_thresholds(groups, per, t))
     return out
 
 
 def group_thresholds(
-    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, escape_target: float, fallback: float
-) -> np.ndarray:
-    """Per frame, the threshold of its group (calibrated on these frames), ``fallback`` where none."""
-    out = np.full(len(labels), fallback, np.float64)
-    for g in np.unique(groups):
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, escape_target: float
+) -> dict[str, float]:
+    """The threshold of every group that has a defective part, calibrated on that group's frames."""
+    per: dict[str, float] = {}
+    for g in sorted(set(groups.tolist())):
         sel = groups == g
         if labels[sel].any():
-            out[sel] = threshold_for_escape(labels[sel], scores[sel], escape_target)
-    return out
+            per[g] = threshold_for_escape(labels[sel], scores[sel], escape_target)
+    return per
+
+
+def frame_thresholds(groups: np.ndarray, per: dict[str, float], fallback: float) -> np.ndarray:
+    """Per frame, its group's threshold, ``fallback`` for a group without one."""
+    return np.array([per.get(g, fallback) for g in groups.tolist()], np.float64)
 
 
 def paired_bootstrap(
@@ -109,7 +107,8 @@ def paired_bootstrap(
         lab, grp = labels[idx], groups[idx]
         out = {}
         for name, sc in (("a", scores_a[idx]), ("b", scores_b[idx])):
-            m = binary_metrics(lab, sc, group_thresholds(lab, sc, grp, escape_target, 0.5))
+            per = group_thresholds(lab, sc, grp, escape_target)
+            m = binary_metrics(lab, sc, frame_thresholds(grp, per, 0.5))
             out[f"accuracy_{name}"], out[f"frr_{name}"] = m["accuracy"], m["false_reject_rate"]
         out["accuracy_delta"] = out["accuracy_b"] - out["accuracy_a"]
         out["frr_delta"] = out["frr_b"] - out["frr_a"]

@@ -70,11 +70,15 @@ def _package_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="engine set folder to write (e.g. engines/default)"
     )
+    _escape_rate(p)
+
+
+def _escape_rate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--escape-rate",
         type=float,
         default=0.005,
-        help="target escape rate for the threshold (default: %(default)s)",
+        help="target share of defective parts passed, per noise type (default: %(default)s)",
     )
 
 
@@ -121,12 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="new decision thresholds for an engine set (another escape rate, or your line's frames), re-evaluated",
     )
     p.add_argument("--engines", type=Path, required=True, help="engine set folder (with manifest.json)")
-    p.add_argument(
-        "--escape-rate",
-        type=float,
-        default=0.005,
-        help="target share of defective parts passed, per noise type (default: %(default)s)",
-    )
+    _escape_rate(p)
     p.add_argument(
         "--data",
         default=None,

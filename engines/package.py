@@ -130,7 +130,9 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
     pipe = Pipeline(engines, threshold=0.5)
 
     figdir = out / "figures"
-    cal, n_calib = calibrate_set(pipe, args.data, profile, args.seed, args.escape_rate, figdir, progress)
+    cal, calib_labels, _, _ = calibrate_set(
+        pipe, args.data, profile, args.seed, args.escape_rate, figdir, progress
+    )
     _say_calibration(cal)
 
     report = evaluate_set(pipe, args.data, profile, args.seed, figdir, progress)
@@ -141,7 +143,7 @@ def package(args: argparse.Namespace, command: str) -> Manifest:
         "limit_noisy_frame": 6.0,
     }
     report["budget_gflop"] = budget
-    report["calibration"] = calibration_record(cal, n_calib, args.data, args.seed)
+    report["calibration"] = calibration_record(cal, len(calib_labels), args.data, args.seed)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     prior = [c for c in _prior_commands(ckdir) if c != command]
     manifest = Manifest(
@@ -225,10 +227,12 @@ def recalibrate(args: argparse.Namespace, command: str) -> Manifest:
     data = args.data if args.data is not None else manifest.data
     progress = not args.quiet
     pipe = Pipeline.from_manifest(root)
-    cal, n = calibrate_set(pipe, data, profile, manifest.seed, args.escape_rate, root / "figures", progress)
+    cal, labels, _, _ = calibrate_set(
+        pipe, data, profile, manifest.seed, args.escape_rate, root / "figures", progress
+    )
     _say_calibration(cal)
     report = json.loads((root / "report.json").read_text()) if (root / "report.json").is_file() else {}
-    report["calibration"] = calibration_record(cal, n, data, manifest.seed)
+    report["calibration"] = calibration_record(cal, len(labels), data, manifest.seed)
     report.update(evaluate_set(pipe, manifest.data, profile, manifest.seed, root / "figures", progress))
     pipe.close()
     manifest = manifest.model_copy(
@@ -255,18 +259,18 @@ def calibrate_set(
     escape_target: float,
     figdir: Path | None,
     progress: bool,
-) -> tuple[dict[str, Any], int]:
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
     """Score the calibration split through ``pipe``, set its thresholds (single and per noise type).
 
     Returns the calibration result (``calibration.threshold.calibrate`` with groups) and the split's
-    size; draws the ROC and score histograms into ``figdir`` when given.
+    labels, scores and called noise types; draws the ROC and score histograms into ``figdir`` when given.
     """
     labels, scores, kinds = calibration_scores(pipe, data, profile, seed, progress)
     cal = calibrate(labels, scores, escape_target, groups=kinds)
     pipe.threshold, pipe.thresholds = cal["threshold"], cal["thresholds"]
     if figdir is not None:
         plot_calibration(labels, scores, cal["threshold"], figdir, kinds, cal["thresholds"])
-    return cal, len(labels)
+    return cal, labels, scores, kinds
 
 
 def calibration_scores(

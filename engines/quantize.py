@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from calibration.int8 import count_qdq, quantize_model
-from calibration.threshold import calibrate, paired_bootstrap
+from calibration.threshold import paired_bootstrap
 from engines import evaluate as ev
 from engines.data import load_split
-from engines.package import calibration_scores, evaluate_set, library_versions
+from engines.package import calibrate_set, calibration_scores, evaluate_set, library_versions
 from engines.profiles import get_profile
 from inspector import noise as nz
 from inspector.manifest import load_manifest, sha256_file, write_manifest
@@ -85,9 +85,7 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
     p8 = Pipeline.from_manifest(out)
     # Its own operating point: INT8 scores shift a little, and the float32 threshold sits where the
     # score distribution is dense, so the INT8 set is calibrated like the float32 one, on the same split.
-    labels, s8, kinds = calibration_scores(p8, fp32.data, profile, fp32.seed, progress)
-    cal = calibrate(labels, s8, fp32.escape_target, groups=kinds)
-    p8.threshold, p8.thresholds = cal["threshold"], cal["thresholds"]
+    cal, labels, s8, _ = calibrate_set(p8, fp32.data, profile, fp32.seed, fp32.escape_target, None, progress)
     # The same split through float32: how far apart the two operating points are, beside how far one
     # set's own operating point moves between samples of the split.
     p32 = Pipeline.from_manifest(src)

@@ -203,9 +203,8 @@ class InferenceWorker(Worker):
 
     def _publish(self, finished: list[tuple[tuple[list[Job], int], Any]]) -> None:
         for (live, t_start), outcome in finished:
-            if isinstance(
-                outcome, Exception
-            ):  # an engine failure rejects the batch, it never kills the worker
+            # An engine failure rejects that batch; it never kills the worker.
+            if isinstance(outcome, Exception):
                 self.log.error("engine failure", error=str(outcome), batch=len(live))
                 for job in live:
                     self._send(job, Verdict.ERROR, f"engine failure: {outcome}")
