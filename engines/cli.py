@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         default=None,
-        help="defect stage: start from this checkpoint and run only the fine-tune phase",
+        help="defect stage: start from this checkpoint and run only the training phases it has not been through",
     )
 
     p = sub.add_parser(
@@ -259,6 +259,12 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
             denoiser = tr.load_checkpoint(ae_path, "denoise")[0] if ae_path.is_file() else None
             if denoiser is None:
                 print(f"  no {ae_path}: the defect stage trains on clean frames only", flush=True)
+            # Hard-example mining scores fresh frames too where the generator can draw them; a folder
+            # dataset mines its own training split.
+            pool = None
+            if profile.defect_mining_epochs and profile.defect_mining_frames and args.data == "synthetic":
+                mined = load_split(args.data, "mining", profile.defect_mining_frames, args.seed, progress)
+                pool = (mined.frames, mined.labels)
             results[stage] = tr.train_defect(
                 train.frames,
                 train.labels,
@@ -270,6 +276,7 @@ def cmd_train(args: argparse.Namespace, stages: tuple[str, ...], command: str) -
                 progress,
                 resume=resume,
                 denoiser=denoiser,
+                pool=pool,
             )
         summary = {k: v for k, v in results[stage].items() if "history" not in k and k != "main"}
         print(f"  {stage}: {summary}", flush=True)

@@ -2,7 +2,8 @@
 
 Splits are disjoint by construction. Synthetic frames of split ``s`` come from
 generator seed ``seed * 100 + SPLIT_CODES[s]``, so the test split's frames are
-drawn from seeds never used in training. A folder dataset uses its own
+drawn from seeds never used in training (``mining`` holds the fresh frames the
+defect stage's hard-example mining scores: training data too). A folder dataset uses its own
 ``train`` / ``test`` folders; validation and calibration are carved out of
 ``train`` with a seeded permutation.
 """
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from inspector.folder import FolderDataset
 from inspector.synthetic import ImpellerGenerator
 
-SPLIT_CODES = {"train": 11, "val": 22, "calib": 33, "test": 44}
+SPLIT_CODES = {"train": 11, "val": 22, "calib": 33, "test": 44, "mining": 55}
 
 
 @dataclass

@@ -38,6 +38,12 @@ class Profile:
     defect_pool: str = "avg"
     defect_finetune_epochs: int = 0
     defect_finetune_lr: float = 2e-4
+    # Hard-example mining after the fine-tune (engines.train.train_defect): epochs, fresh frames added
+    # to the scored pool, learning rate, and the share of each batch drawn by loss.
+    defect_mining_epochs: int = 0
+    defect_mining_frames: int = 0
+    defect_mining_lr: float = 3e-4
+    defect_mining_share: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +117,8 @@ PROFILES: dict[str, Profile] = {
         patience=1,
         eval_denoise_frames=8,
         defect_finetune_epochs=1,
+        defect_mining_epochs=1,
+        defect_mining_frames=16,
     ),
 }
 
@@ -130,6 +138,7 @@ PROFILES["compare"] = replace(
     defect_width=0.125,  # what docs/comparison was measured with
     calib_frames=2000,
     defect_finetune_epochs=0,
+    defect_mining_epochs=0,
 )
 
 

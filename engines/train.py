@@ -253,6 +253,37 @@ def train_noise(
     )
 
 
+DEFECT_PHASES = ("main", "finetune", "mining")
+
+
+def _phases_done(info: dict[str, Any]) -> list[str]:
+    """The defect training phases a checkpoint has been through (older checkpoints: from their keys)."""
+    if "phases" in info:
+        return list(info["phases"])
+    return ["main", *(["finetune"] if "finetune_history" in info else [])]
+
+
+def _sensor_jitter(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mild sensor noise (20%) or blur (5%) on a batch, in place: what a denoiser leaves behind."""
+    import cv2
+
+    for i in range(len(frames)):
+        r = rng.random()
+        if r < 0.2:
+            frames[i] = nz.gaussian(frames[i], rng.uniform(1, 4), rng)
+        elif r < 0.25:
+            frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.3, 0.6))
+    return frames
+
+
+def mining_weights(model: nn.Module, frames: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
+    """Sampling probabilities for the mining phase: ``share`` of the mass by each frame's loss, the rest uniform."""
+    logits = _predict(model, frames)
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
+    loss = loss.astype(np.float64)
+    return share * loss / max(float(loss.sum()), 1e-12) + (1 - share) / len(loss)
+
+
 def train_defect(
     train: np.ndarray,
     labels: np.ndarray,
@@ -265,6 +296,7 @@ def train_defect(
     resume: Path | None = None,
     denoiser: nn.Module | None = None,
     routed: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stage 3 on what the pipeline feeds it: clean frames and denoised noisy frames, half and half.
 
@@ -276,18 +308,26 @@ def train_defect(
     most of its accuracy on autoencoder output). Flips, quarter turns and mild
     sensor noise on top.
 
-    Two phases: the main schedule, then (``defect_finetune_epochs``) a fine-tune
-    from the best weights at a low learning rate, which keeps them unless it
-    does better. ``resume`` starts from a checkpoint's weights and runs only
-    the fine-tune phase. ``routed`` passes the routed copies of the training
-    and validation frames precomputed (as ``denoised_copies`` makes them), for
-    callers that train several models on the same data.
+    Up to three phases (``DEFECT_PHASES``), each keeping the best weights on validation:
 
-    The mild noise and blur stand in for what a denoiser leaves behind, so the
-    classifier does not learn to rely on a pristine surface.
+    - ``main``: the main schedule from scratch;
+    - ``finetune`` (``defect_finetune_epochs``): from the best weights at a low
+      learning rate; it keeps them unless it does better;
+    - ``mining`` (``defect_mining_epochs``): hard-example mining. The current
+      model scores every frame of the training set and of ``pool`` (fresh
+      frames, ``defect_mining_frames`` of them from their own split), clean and
+      routed; batches are then drawn ``defect_mining_share`` by each frame's
+      loss and the rest uniformly, so the tail the model gets wrong (faint
+      cracks, small blowholes) is seen far more often than its share.
+
+    ``resume`` starts from a checkpoint's weights and runs only the phases it
+    has not been through. The mining phase seeds its own generators, so
+    mining resumed from a fine-tuned checkpoint reaches exactly the weights of
+    an uninterrupted build (the fine-tune continues the main phase's generator,
+    as it always has). ``routed`` passes the routed copies of the
+    training and validation frames precomputed (as ``denoised_copies`` makes
+    them), for callers that train several models on the same data.
     """
-    import cv2
-
     rng = seed_everything(seed)
     config = stage_config("defect", profile)
     model = build_model("defect", config)
@@ -307,36 +347,69 @@ def train_defect(
             if train_routed is None
             else np.where((rng.random(len(idx)) < 0.5)[:, None, None], train_routed[idx], train[idx])
         )
-        frames = _augment_geometry(src, rng)
-        for i in range(len(frames)):
-            r = rng.random()
-            if r < 0.2:
-                frames[i] = nz.gaussian(frames[i], rng.uniform(1, 4), rng)
-            elif r < 0.25:
-                frames[i] = cv2.GaussianBlur(frames[i], (0, 0), rng.uniform(0.3, 0.6))
-        return frames, labels[idx]
+        return _sensor_jitter(_augment_geometry(src, rng), rng), labels[idx]
 
-    def phase(epochs: int, lr: float, keep_initial: bool) -> dict[str, Any]:
+    def phase(epochs: int, lr: float, keep_initial: bool, batches: Any = make_batch) -> dict[str, Any]:
         return _classifier_loop(
-            "defect", model, make_batch, len(train), (val, val_labels), profile, epochs, rng, out, config,
+            "defect", model, batches, len(train), (val, val_labels), profile, epochs, rng, out, config,
             lr=lr, progress=progress, keep_initial=keep_initial,
         )  # fmt: skip
 
-    info: dict[str, Any]
+    def mining_batches() -> Any:
+        parts = [train] if train_routed is None else [train, train_routed]
+        part_labels = [labels] * len(parts)
+        if pool is not None and len(pool[0]):
+            parts.append(pool[0])
+            part_labels.append(pool[1])
+            if denoiser is not None:
+                parts.append(denoised_copies(pool[0], denoiser, seed + 31, progress))
+                part_labels.append(pool[1])
+        frames, frame_labels = np.concatenate(parts), np.concatenate(part_labels)
+        p = mining_weights(model, frames, frame_labels, profile.defect_mining_share)
+        if progress:
+            top = np.sort(p)[::-1][: len(p) // 20].sum()
+            tqdm.write(f"defect mining: {len(p)} frames scored; the hardest 5% draw {top:.0%} of the batches")
+
+        def draw(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            pick = rng.choice(len(frames), size=len(idx), p=p)
+            return _sensor_jitter(_augment_geometry(frames[pick], rng), rng), frame_labels[pick]
+
+        return draw
+
+    record: dict[str, Any] = {}
+    done: list[str] = []
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
         if {"arch": "vgg16", "pool": "avg", **ckpt["config"]} != config:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
         model.load_state_dict(start.state_dict())
-        info = {"main": ckpt["info"]}
-    else:
-        info = {"main": phase(profile.defect_epochs, profile.defect_lr, keep_initial=False)}
-    if profile.defect_finetune_epochs:
-        fine = phase(profile.defect_finetune_epochs, profile.defect_finetune_lr, keep_initial=True)
-        info = {**fine, "main": info["main"], "finetune_history": fine["history"]}
-        save_checkpoint(out, "defect", config, model, info)
-        return info
-    return info["main"]
+        record = dict(ckpt["info"]) if "main" in ckpt["info"] else {**ckpt["info"], "main": ckpt["info"]}
+        done = _phases_done(ckpt["info"])
+    schedule = {
+        "main": profile.defect_epochs,
+        "finetune": profile.defect_finetune_epochs,
+        "mining": profile.defect_mining_epochs,
+    }
+    for name in DEFECT_PHASES:
+        if name in done or not schedule[name]:
+            continue
+        if name == "main":
+            result = phase(profile.defect_epochs, profile.defect_lr, keep_initial=False)
+            record = {**result, "main": result}
+        else:
+            if name == "finetune":
+                result = phase(profile.defect_finetune_epochs, profile.defect_finetune_lr, keep_initial=True)
+            else:
+                rng = seed_everything(seed + 3000)
+                result = phase(
+                    profile.defect_mining_epochs, profile.defect_mining_lr, True, batches=mining_batches()
+                )
+            kept = {k: v for k, v in record.items() if k == "main" or k.endswith("_history")}
+            record = {**result, **kept, f"{name}_history": result["history"]}
+        done.append(name)
+        record["phases"] = list(done)
+        save_checkpoint(out, "defect", config, model, record)
+    return record
 
 
 def routed_copies(

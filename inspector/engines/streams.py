@@ -66,13 +66,11 @@ class StreamScheduler:
     def __init__(
         self,
         executor: Executor,
-        threshold: float,
         route: dict[str, str] | None = None,
         copy_stream: str = "copy",
         compute_stream: str = "compute",
     ) -> None:
         self.x = executor
-        self.threshold = threshold
         self.route = route if route is not None else routes("adaptive_median", "sinusoid_fit")
         self.cs, self.ks = copy_stream, compute_stream
         self.batch_no = 0
@@ -144,7 +142,7 @@ class StreamedPipeline:
         self.pipe, self.executor = pipe, executor
         self.engines, self.routes, self.manifest = pipe.engines, pipe.routes, pipe.manifest
         self.threshold, self.thresholds = pipe.threshold, pipe.thresholds
-        self.sched = StreamScheduler(executor, pipe.threshold, pipe.routes)
+        self.sched = StreamScheduler(executor, pipe.routes)
 
     def submit(self, frames: np.ndarray) -> tuple[int, int, float]:
         """Stage ``frames`` and enqueue their upload; returns a ticket for :meth:`collect`.

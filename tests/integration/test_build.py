@@ -74,6 +74,26 @@ def test_pipeline_runs_on_the_built_set(tiny_engines: Path, frames):
     pipe.close()
 
 
+def test_report_rows_decide_each_frame_at_its_noise_types_threshold(tiny_engines: Path, frames):
+    """The calibrated rows of the study's table use the per-type thresholds, as the daemon decides."""
+    from engines.evaluate import MAIN_NOISY, evaluate_defects, noisy_set
+    from inspector.noise import NOISE_TYPES
+
+    x, y = frames
+    sets = {lv.name: noisy_set(x, lv, 7) for lv in MAIN_NOISY}
+    pipe = Pipeline.from_manifest(tiny_engines)
+    # Every per-type threshold flags every frame; the single fallback threshold would flag none.
+    pipe.threshold, pipe.thresholds = 1.01, dict.fromkeys(NOISE_TYPES, 0.0)
+    report = evaluate_defects(pipe, x, y, sets, progress=False)
+    at_half = float(np.mean((pipe.score(x) >= 0.5) == y.astype(bool)))
+    pipe.close()
+    assert 0 < y.sum() < len(y)
+    for name, row in report["rows"].items():
+        assert (row["sensitivity"], row["specificity"]) == (1.0, 0.0), name
+    # The 0.5 rows ignore the calibrated thresholds.
+    assert report["rows_at_0.5"]["clean (classifier only)"]["accuracy"] == pytest.approx(at_half)
+
+
 def test_tampered_engine_is_refused(tiny_engines: Path, tmp_path: Path):
     import shutil
 
@@ -177,12 +197,17 @@ def test_cli_trains_on_a_folder_dataset(tmp_path: Path):
     assert torch.load(tmp_path / "ck" / "defect.pt", weights_only=True)["stage"] == "defect"
 
 
-def test_defect_finetune_resumes_and_keeps_the_better_weights(tiny_engines: Path, tmp_path: Path):
+def test_defect_resume_runs_only_the_phases_the_checkpoint_lacks(tiny_engines: Path, tmp_path: Path):
     import shutil
 
     ck = tmp_path / "ck"
     ck.mkdir()
-    shutil.copy(tiny_engines.parent / "ck" / "defect.pt", ck / "defect.pt")
+    shutil.copy(tiny_engines.parent / "ck" / "denoise.pt", ck / "denoise.pt")
+    # A checkpoint that has been through the main schedule and the fine-tune, not the mining phase.
+    full = torch.load(tiny_engines.parent / "ck" / "defect.pt", weights_only=True)
+    assert full["info"]["phases"] == ["main", "finetune", "mining"]
+    info = {k: v for k, v in full["info"].items() if k != "mining_history"}
+    torch.save({**full, "info": {**info, "phases": ["main", "finetune"]}}, ck / "start.pt")
     res = _cli(
         "train",
         "--profile",
@@ -192,18 +217,53 @@ def test_defect_finetune_resumes_and_keeps_the_better_weights(tiny_engines: Path
         "--stage",
         "defect",
         "--resume",
-        str(ck / "defect.pt"),
+        str(ck / "start.pt"),
         "--checkpoints",
         str(ck),
         "--quiet",
     )
     assert res.returncode == 0, res.stderr
     info = torch.load(ck / "defect.pt", weights_only=True)["info"]
-    assert info["finetune_history"][0]["note"] == "starting weights"
-    # The kept weights are never worse on validation than the ones the fine-tune started from.
-    assert info["val_accuracy"] >= info["finetune_history"][0]["val_accuracy"]
+    assert info["phases"] == ["main", "finetune", "mining"]
+    assert info["finetune_history"] == full["info"]["finetune_history"]  # carried over, not rerun
+    assert info["mining_history"][0]["note"] == "starting weights"
+    # The kept weights are never worse on validation than the ones the phase started from.
+    assert info["val_accuracy"] >= info["mining_history"][0]["val_accuracy"]
     lines = (ck / "train_command.txt").read_text().splitlines()
     assert lines[-1].startswith("inspector-build train") and "--resume" in lines[-1]
+
+
+def test_mining_resumed_from_a_fine_tuned_checkpoint_matches_an_uninterrupted_build(tmp_path: Path):
+    """What lets a set be finished by `train --resume` and still be what `make engines` builds."""
+    from dataclasses import replace
+
+    from engines.data import load_split
+    from engines.profiles import get_profile
+    from engines.train import train_defect
+
+    profile = replace(get_profile("tiny"), defect_mining_lr=5e-3)
+    train, val = load_split("synthetic", "train", 48, 3, False), load_split("synthetic", "val", 16, 3, False)
+    mined = load_split("synthetic", "mining", 16, 3, False)
+    torch.manual_seed(0)
+    denoiser = DenoiseAE(channels=list(profile.ae_channels)).eval()
+
+    def run(p, out: str, resume: Path | None = None) -> dict:
+        return train_defect(
+            train.frames, train.labels, val.frames, val.labels, p, 6, tmp_path / out, False,
+            resume=resume, denoiser=denoiser, pool=(mined.frames, mined.labels),
+        )  # fmt: skip
+
+    whole = run(profile, "whole.pt")
+    part = run(replace(profile, defect_mining_epochs=0), "part.pt")
+    assert part["phases"] == ["main", "finetune"]
+    resumed = run(profile, "resumed.pt", resume=tmp_path / "part.pt")
+    assert resumed["phases"] == whole["phases"] == ["main", "finetune", "mining"]
+    # Same batches, same trajectory (the training loss of every mining epoch), same kept weights.
+    assert resumed["mining_history"] == whole["mining_history"]
+    assert "train_loss" in whole["mining_history"][1]
+    a = torch.load(tmp_path / "whole.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_same_command_rebuilds_the_same_engine_set(tiny_engines: Path, tmp_path: Path):

@@ -45,7 +45,7 @@ def _pipelined(sched: StreamScheduler, batches: list[np.ndarray]) -> list[tuple]
 def test_schedule_matches_the_cpu_pipeline_under_any_interleaving(tiny_engines: Path, batches, seed, prefer):
     pipe = Pipeline.from_manifest(tiny_engines)
     ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed, prefer=prefer)
-    got = _pipelined(StreamScheduler(ex, pipe.threshold, pipe.routes), batches)
+    got = _pipelined(StreamScheduler(ex, pipe.routes), batches)
     for frames, (ids, _conf, names, scores) in zip(batches, got, strict=True):
         want = pipe.run(frames)
         assert [nz.NOISE_TYPES[i] for i in ids] == [r.noise_type for r in want]
@@ -96,15 +96,13 @@ def test_a_missing_wait_is_caught(batches):
     pipe = Pipeline({s: _StatEngine(s) for s in ("noise", "denoise", "defect")}, threshold=0.5)
     # The correct schedule agrees with the CPU pipeline on these engines too...
     ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=0, prefer="compute")
-    for frames, (_i, _c, _n, scores) in zip(
-        batches, _pipelined(StreamScheduler(ex, 0.5), batches), strict=True
-    ):
+    for frames, (_i, _c, _n, scores) in zip(batches, _pipelined(StreamScheduler(ex), batches), strict=True):
         np.testing.assert_allclose(scores, [r.score for r in pipe.run(frames)], atol=1e-6)
     # ...and the broken one does not.
     mismatches = 0
     for seed in range(2):
         ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=seed, prefer="compute")
-        got = _pipelined(_NoUploadWait(ex, pipe.threshold), batches)
+        got = _pipelined(_NoUploadWait(ex), batches)
         for frames, (_ids, _c, _n, scores) in zip(batches, got, strict=True):
             want = [r.score for r in pipe.run(frames)]
             mismatches += not np.allclose(scores, want, atol=1e-6)

@@ -53,3 +53,20 @@ def test_noise_net_sees_impulses():
     feats = net.features(x)
     assert feats.shape == (1, 4, 64, 64)
     assert feats[0, 3].sum() > 0 and feats[0, 2].sum() == 0
+
+
+def test_mining_draws_the_frames_the_model_gets_wrong_most_often():
+    from engines.train import mining_weights
+
+    class MeanScore(nn.Module):  # "defective" logit grows with the frame's mean grey level
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.float().mean(dim=(1, 2, 3)) / 255.0
+            return torch.stack([-4 * (m - 0.5), 4 * (m - 0.5)], dim=1)
+
+    frames = np.stack([np.full((8, 8), v, np.uint8) for v in (250, 240, 10, 20, 230)])
+    labels = np.array([1, 1, 0, 0, 0])  # the last frame is scored defective but is ok: the hard one
+    p = mining_weights(MeanScore(), frames, labels, share=0.5)
+    assert p.sum() == pytest.approx(1.0)
+    assert int(np.argmax(p)) == 4 and p[4] > 0.5
+    assert p.min() >= 0.5 / len(p)  # the uniform half keeps every frame in play
+    assert np.allclose(mining_weights(MeanScore(), frames, labels, share=0.0), 1 / len(p))
