@@ -55,8 +55,8 @@ PROFILES: dict[str, Profile] = {
         noise_width=0.125,
         noise_size=128,
         # 3/16 (12-24-48-96-96 channels, 0.80 GFLOP): width 1/8 underfit (train loss stuck near 0.15,
-        # clean accuracy 97.85%); 1/4 trains 5.2 min per epoch on 2 cores and after 12 epochs scored
-        # worse on clean calibration frames (97.5% vs 98.6%, docs/design-notes.md).
+        # clean accuracy 97.85%); 1/4 trains 5.2 min per epoch on 2 cores and, fine-tuned, scored
+        # worse on clean calibration frames (97.3% vs 98.6%, docs/design-notes.md).
         defect_width=0.1875,
         # 192 keeps the smallest generated defect (a 2.8 px pinhole) near 2 px; 150 missed them (val 97.3%).
         defect_size=192,
