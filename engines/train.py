@@ -385,29 +385,31 @@ def train_defect(
         model.load_state_dict(start.state_dict())
         record = dict(ckpt["info"]) if "main" in ckpt["info"] else {**ckpt["info"], "main": ckpt["info"]}
         done = _phases_done(ckpt["info"])
-    schedule = {
-        "main": profile.defect_epochs,
-        "finetune": profile.defect_finetune_epochs,
-        "mining": profile.defect_mining_epochs,
+    plan = {
+        "main": (profile.defect_epochs, profile.defect_lr),
+        "finetune": (profile.defect_finetune_epochs, profile.defect_finetune_lr),
+        "mining": (profile.defect_mining_epochs, profile.defect_mining_lr),
     }
+    ran = False
     for name in DEFECT_PHASES:
-        if name in done or not schedule[name]:
+        epochs, lr = plan[name]
+        if name in done or not epochs:
             continue
+        if name == "mining":
+            rng = seed_everything(seed + 3000)
+        result = phase(
+            epochs, lr, name != "main", batches=mining_batches() if name == "mining" else make_batch
+        )
         if name == "main":
-            result = phase(profile.defect_epochs, profile.defect_lr, keep_initial=False)
             record = {**result, "main": result}
         else:
-            if name == "finetune":
-                result = phase(profile.defect_finetune_epochs, profile.defect_finetune_lr, keep_initial=True)
-            else:
-                rng = seed_everything(seed + 3000)
-                result = phase(
-                    profile.defect_mining_epochs, profile.defect_mining_lr, True, batches=mining_batches()
-                )
             kept = {k: v for k, v in record.items() if k == "main" or k.endswith("_history")}
             record = {**result, **kept, f"{name}_history": result["history"]}
         done.append(name)
         record["phases"] = list(done)
+        save_checkpoint(out, "defect", config, model, record)
+        ran = True
+    if not ran:  # a resumed checkpoint that had every phase: still written where it was asked for
         save_checkpoint(out, "defect", config, model, record)
     return record
 
