@@ -253,7 +253,7 @@ def train_noise(
     )
 
 
-DEFECT_PHASES = ("main", "finetune", "mining")
+DEFECT_PHASES = ("main", "finetune", "mining", "upsize")
 
 
 def _phases_done(info: dict[str, Any]) -> list[str]:
@@ -308,7 +308,7 @@ def train_defect(
     most of its accuracy on autoencoder output). Flips, quarter turns and mild
     sensor noise on top.
 
-    Up to three phases (``DEFECT_PHASES``), each keeping the best weights on validation:
+    Up to four phases (``DEFECT_PHASES``), each keeping the best weights on validation:
 
     - ``main``: the main schedule from scratch;
     - ``finetune`` (``defect_finetune_epochs``): from the best weights at a low
@@ -318,7 +318,11 @@ def train_defect(
       frames, ``defect_mining_frames`` of them from their own split), clean and
       routed; batches are then drawn ``defect_mining_share`` by each frame's
       loss and the rest uniformly, so the tail the model gets wrong (faint
-      cracks, small blowholes) is seen far more often than its share.
+      cracks, small blowholes) is seen far more often than its share;
+    - ``upsize`` (``defect_upsize_epochs``): progressive resizing. The model
+      is rebuilt at input size ``defect_upsize`` with the same weights and
+      fine-tuned there; it is kept only if it beats the previous phase's
+      validation score at the smaller size, else the smaller model stays.
 
     ``resume`` starts from a checkpoint's weights and runs only the phases it
     has not been through. The mining phase seeds its own generators, so
@@ -380,15 +384,19 @@ def train_defect(
     done: list[str] = []
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
-        if {"arch": "vgg16", "pool": "avg", **ckpt["config"]} != config:
+        sizes = {profile.defect_size, profile.defect_upsize or profile.defect_size}
+        got = {"arch": "vgg16", "pool": "avg", **ckpt["config"]}
+        if {**got, "input_size": config["input_size"]} != config or got["input_size"] not in sizes:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
-        model.load_state_dict(start.state_dict())
+        model = _resized(start, config, int(ckpt["config"]["input_size"]))
+        config = {**config, "input_size": int(ckpt["config"]["input_size"])}
         record = dict(ckpt["info"]) if "main" in ckpt["info"] else {**ckpt["info"], "main": ckpt["info"]}
         done = _phases_done(ckpt["info"])
     plan = {
         "main": (profile.defect_epochs, profile.defect_lr),
         "finetune": (profile.defect_finetune_epochs, profile.defect_finetune_lr),
         "mining": (profile.defect_mining_epochs, profile.defect_mining_lr),
+        "upsize": (profile.defect_upsize_epochs if profile.defect_upsize else 0, profile.defect_upsize_lr),
     }
     ran = False
     for name in DEFECT_PHASES:
@@ -397,9 +405,29 @@ def train_defect(
             continue
         if name == "mining":
             rng = seed_everything(seed + 3000)
+        before = None
+        if name == "upsize":
+            rng = seed_everything(seed + 4000)
+            before = (record, config, model)
+            config = {**config, "input_size": profile.defect_upsize}
+            model = _resized(model, config, profile.defect_upsize)
         result = phase(
             epochs, lr, name != "main", batches=mining_batches() if name == "mining" else make_batch
         )
+        if before is not None and (result["val_accuracy"], -result["val_loss"]) <= (
+            before[0]["val_accuracy"],
+            -before[0]["val_loss"],
+        ):
+            # The larger input did not beat the smaller one on the same validation frames: keep that.
+            if progress:
+                tqdm.write(f"defect {name}: not better than input {before[1]['input_size']} - kept it")
+            record, config, model = before
+            record = {**record, f"{name}_history": result["history"], f"{name}_kept": False}
+            done.append(name)
+            record["phases"] = list(done)
+            save_checkpoint(out, "defect", config, model, record)
+            ran = True
+            continue
         if name == "main":
             record = {**result, "main": result}
         else:
@@ -412,6 +440,18 @@ def train_defect(
     if not ran:  # a resumed checkpoint that had every phase: still written where it was asked for
         save_checkpoint(out, "defect", config, model, record)
     return record
+
+
+def _resized(model: nn.Module, config: dict[str, Any], size: int) -> nn.Module:
+    """A defect classifier at another input size with ``model``'s weights (VGG16's do not depend on it)."""
+    out = build_model("defect", {**config, "input_size": size})
+    try:
+        out.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{config.get('arch')} weights depend on the input size; cannot resize to {size}"
+        ) from e
+    return out
 
 
 def routed_copies(

@@ -203,10 +203,10 @@ def test_defect_resume_runs_only_the_phases_the_checkpoint_lacks(tiny_engines: P
     ck = tmp_path / "ck"
     ck.mkdir()
     shutil.copy(tiny_engines.parent / "ck" / "denoise.pt", ck / "denoise.pt")
-    # A checkpoint that has been through the main schedule and the fine-tune, not the mining phase.
+    # A checkpoint that has been through the main schedule and the fine-tune, not mining or upsizing.
     full = torch.load(tiny_engines.parent / "ck" / "defect.pt", weights_only=True)
-    assert full["info"]["phases"] == ["main", "finetune", "mining"]
-    info = {k: v for k, v in full["info"].items() if k != "mining_history"}
+    assert full["info"]["phases"] == ["main", "finetune", "mining", "upsize"]
+    info = {k: v for k, v in full["info"].items() if k not in ("mining_history", "upsize_history")}
     torch.save({**full, "info": {**info, "phases": ["main", "finetune"]}}, ck / "start.pt")
     res = _cli(
         "train",
@@ -224,9 +224,10 @@ def test_defect_resume_runs_only_the_phases_the_checkpoint_lacks(tiny_engines: P
     )
     assert res.returncode == 0, res.stderr
     info = torch.load(ck / "defect.pt", weights_only=True)["info"]
-    assert info["phases"] == ["main", "finetune", "mining"]
+    assert info["phases"] == ["main", "finetune", "mining", "upsize"]
     assert info["finetune_history"] == full["info"]["finetune_history"]  # carried over, not rerun
     assert info["mining_history"][0]["note"] == "starting weights"
+    assert info["upsize_history"][0]["note"] == "starting weights"
     # The kept weights are never worse on validation than the ones the phase started from.
     assert info["val_accuracy"] >= info["mining_history"][0]["val_accuracy"]
     lines = (ck / "train_command.txt").read_text().splitlines()
@@ -254,16 +255,77 @@ def test_mining_resumed_from_a_fine_tuned_checkpoint_matches_an_uninterrupted_bu
         )  # fmt: skip
 
     whole = run(profile, "whole.pt")
-    part = run(replace(profile, defect_mining_epochs=0), "part.pt")
+    part = run(replace(profile, defect_mining_epochs=0, defect_upsize_epochs=0), "part.pt")
     assert part["phases"] == ["main", "finetune"]
-    resumed = run(profile, "resumed.pt", resume=tmp_path / "part.pt")
-    assert resumed["phases"] == whole["phases"] == ["main", "finetune", "mining"]
-    # Same batches, same trajectory (the training loss of every mining epoch), same kept weights.
-    assert resumed["mining_history"] == whole["mining_history"]
-    assert "train_loss" in whole["mining_history"][1]
-    a = torch.load(tmp_path / "whole.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    mined_only = run(replace(profile, defect_upsize_epochs=0), "mined.pt")
+    assert mined_only["phases"] == ["main", "finetune", "mining"]
+    for name, start in (("resumed", "part.pt"), ("resumed_upsize", "mined.pt")):
+        resumed = run(profile, f"{name}.pt", resume=tmp_path / start)
+        assert resumed["phases"] == whole["phases"] == ["main", "finetune", "mining", "upsize"]
+        # Same batches, same trajectory (the training loss of every epoch), same kept weights and size.
+        assert resumed["mining_history"] == whole["mining_history"]
+        assert resumed["upsize_history"] == whole["upsize_history"]
+        assert "train_loss" in whole["mining_history"][1] and "train_loss" in whole["upsize_history"][1]
+        a = torch.load(tmp_path / "whole.pt", weights_only=True)
+        b = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert a["config"] == b["config"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+@pytest.mark.parametrize("upsize_wins", [True, False])
+def test_the_upsized_classifier_is_kept_only_if_it_beats_the_smaller_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upsize_wins: bool
+):
+    """Progressive resizing: the phase really trains at the larger size; the comparison decides.
+
+    The training is real; only the upsize phase's validation score is overridden, to force each
+    side of the comparison with the previous phase's score at the smaller input.
+    """
+    from dataclasses import replace
+
+    import engines.train as tr
+    from engines.data import load_split
+    from engines.profiles import get_profile
+
+    profile = replace(get_profile("tiny"), defect_mining_epochs=0)
+    train, val = load_split("synthetic", "train", 48, 3, False), load_split("synthetic", "val", 16, 3, False)
+    seen: list[int] = []
+    real = tr._classifier_loop
+
+    def loop(stage, model, *args, **kwargs):
+        seen.append(model.input_size)
+        result = real(stage, model, *args, **kwargs)
+        if model.input_size == profile.defect_upsize:
+            result = {**result, "val_accuracy": 2.0 if upsize_wins else -1.0}
+        return result
+
+    before = tr.train_defect(
+        train.frames, train.labels, val.frames, val.labels, replace(profile, defect_upsize_epochs=0),
+        6, tmp_path / "before.pt", False,
+    )  # fmt: skip
+    monkeypatch.setattr(tr, "_classifier_loop", loop)
+    info = tr.train_defect(
+        train.frames, train.labels, val.frames, val.labels, profile, 6, tmp_path / "after.pt", False,
+        resume=tmp_path / "before.pt",
+    )  # fmt: skip
+    assert seen == [profile.defect_upsize]  # only the missing phase ran, at the larger input
+    assert info["phases"] == ["main", "finetune", "upsize"]
+    assert info["upsize_history"][0]["note"] == "starting weights"
+    after = torch.load(tmp_path / "after.pt", weights_only=True)
+    start = torch.load(tmp_path / "before.pt", weights_only=True)
+    if upsize_wins:
+        assert after["config"]["input_size"] == profile.defect_upsize == 80
+        assert "upsize_kept" not in info
+        # It exports and runs at its new size, from the same uint8 300x300 frames.
+        onnx = tmp_path / "defect.onnx"
+        model = tr.load_checkpoint(tmp_path / "after.pt", "defect")[0]
+        export_onnx(model, onnx)
+        assert parity(model, onnx, "defect") <= PARITY_ATOL["defect"]
+    else:
+        assert info["upsize_kept"] is False
+        assert after["config"] == start["config"] and after["config"]["input_size"] == 64
+        assert info["val_accuracy"] == before["val_accuracy"]
+        assert all(torch.equal(after["state_dict"][k], start["state_dict"][k]) for k in start["state_dict"])
 
 
 def test_the_same_command_rebuilds_the_same_engine_set(tiny_engines: Path, tmp_path: Path):

@@ -70,3 +70,19 @@ def test_mining_draws_the_frames_the_model_gets_wrong_most_often():
     assert int(np.argmax(p)) == 4 and p[4] > 0.5
     assert p.min() >= 0.5 / len(p)  # the uniform half keeps every frame in play
     assert np.allclose(mining_weights(MeanScore(), frames, labels, share=0.0), 1 / len(p))
+
+
+def test_resizing_keeps_vgg16_weights_and_refuses_an_architecture_whose_weights_depend_on_size():
+    from engines.train import CheckpointError, _resized
+
+    config = {"width": 0.0625, "input_size": 64, "arch": "vgg16", "pool": "avg"}
+    small = DefectNet(**config)
+    big = _resized(small, config, 96)
+    assert big.input_size == 96
+    a, b = small.state_dict(), big.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    frames = torch.randint(0, 256, (2, 1, 300, 300), dtype=torch.uint8)
+    assert big.eval()(frames).shape == (2, 2)
+    alex = {**config, "arch": "alexnet", "input_size": 96}
+    with pytest.raises(CheckpointError, match="depend on the input size"):
+        _resized(DefectNet(**alex), alex, 160)
