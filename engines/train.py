@@ -277,7 +277,12 @@ def _sensor_jitter(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def mining_weights(model: nn.Module, frames: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
-    """Sampling probabilities for the mining phase: ``share`` of the mass by each frame's loss, the rest uniform."""
+    """Sampling probabilities for the mining phase: ``share`` of the mass by each frame's loss, the rest uniform.
+
+    ``share`` 0 is plain training on the larger pool, and scores nothing.
+    """
+    if share <= 0:
+        return np.full(len(frames), 1.0 / len(frames))
     logits = _predict(model, frames)
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
     loss = loss.astype(np.float64)
@@ -318,7 +323,8 @@ def train_defect(
       frames, ``defect_mining_frames`` of them from their own split), clean and
       routed; batches are then drawn ``defect_mining_share`` by each frame's
       loss and the rest uniformly, so the tail the model gets wrong (faint
-      cracks, small blowholes) is seen far more often than its share;
+      cracks, small blowholes) is seen far more often than its share. With
+      share 0 (the default profile) it is plain training on the larger pool;
     - ``upsize`` (``defect_upsize_epochs``): progressive resizing. The model
       is rebuilt at input size ``defect_upsize`` with the same weights and
       fine-tuned there; it is kept only if it beats the previous phase's
@@ -370,9 +376,11 @@ def train_defect(
                 part_labels.append(pool[1])
         frames, frame_labels = np.concatenate(parts), np.concatenate(part_labels)
         p = mining_weights(model, frames, frame_labels, profile.defect_mining_share)
-        if progress:
+        if progress and profile.defect_mining_share > 0:
             top = np.sort(p)[::-1][: len(p) // 20].sum()
             tqdm.write(f"defect mining: {len(p)} frames scored; the hardest 5% draw {top:.0%} of the batches")
+        elif progress:
+            tqdm.write(f"defect mining: share 0, plain training on {len(p)} frames drawn uniformly")
 
         def draw(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             pick = rng.choice(len(frames), size=len(idx), p=p)
