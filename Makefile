@@ -32,7 +32,7 @@ format: $(STAMP) ## apply ruff's formatter and safe fixes
 test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
 
-engines: $(STAMP) ## train, export, calibrate and evaluate the shipped default engine set (about 2 h 20 min on 2 cores)
+engines: $(STAMP) ## train, export, calibrate and evaluate the shipped default engine set (about 2 h 15 min on 2 cores)
 	$(VENV)/bin/inspector-build all --profile default --seed $(SEED) --out $(ENGINES)
 
 demo: $(STAMP) ## run the daemon with a simulated camera and a verdict listener on the shipped engines, then summarise
