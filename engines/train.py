@@ -396,8 +396,8 @@ def train_defect(
         got = {"arch": "vgg16", "pool": "avg", **ckpt["config"]}
         if {**got, "input_size": config["input_size"]} != config or got["input_size"] not in sizes:
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
-        model = _resized(start, config, int(ckpt["config"]["input_size"]))
         config = {**config, "input_size": int(ckpt["config"]["input_size"])}
+        model = _resized(start, config)
         record = dict(ckpt["info"]) if "main" in ckpt["info"] else {**ckpt["info"], "main": ckpt["info"]}
         done = _phases_done(ckpt["info"])
     plan = {
@@ -418,7 +418,7 @@ def train_defect(
             rng = seed_everything(seed + 4000)
             before = (record, config, model)
             config = {**config, "input_size": profile.defect_upsize}
-            model = _resized(model, config, profile.defect_upsize)
+            model = _resized(model, config)
         result = phase(
             epochs, lr, name != "main", batches=mining_batches() if name == "mining" else make_batch
         )
@@ -431,12 +431,7 @@ def train_defect(
                 tqdm.write(f"defect {name}: not better than input {before[1]['input_size']} - kept it")
             record, config, model = before
             record = {**record, f"{name}_history": result["history"], f"{name}_kept": False}
-            done.append(name)
-            record["phases"] = list(done)
-            save_checkpoint(out, "defect", config, model, record)
-            ran = True
-            continue
-        if name == "main":
+        elif name == "main":
             record = {**result, "main": result}
         else:
             kept = {k: v for k, v in record.items() if k == "main" or k.endswith("_history")}
@@ -450,14 +445,14 @@ def train_defect(
     return record
 
 
-def _resized(model: nn.Module, config: dict[str, Any], size: int) -> nn.Module:
-    """A defect classifier at another input size with ``model``'s weights (VGG16's do not depend on it)."""
-    out = build_model("defect", {**config, "input_size": size})
+def _resized(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """``model``'s weights in a defect classifier built for ``config``'s input size (VGG16's do not depend on it)."""
+    out = build_model("defect", config)
     try:
         out.load_state_dict(model.state_dict())
     except RuntimeError as e:
         raise CheckpointError(
-            f"{config.get('arch')} weights depend on the input size; cannot resize to {size}"
+            f"{config.get('arch')} weights depend on the input size; cannot resize to {config['input_size']}"
         ) from e
     return out
 

@@ -77,7 +77,7 @@ def test_resizing_keeps_vgg16_weights_and_refuses_an_architecture_whose_weights_
 
     config = {"width": 0.0625, "input_size": 64, "arch": "vgg16", "pool": "avg"}
     small = DefectNet(**config)
-    big = _resized(small, config, 96)
+    big = _resized(small, {**config, "input_size": 96})
     assert big.input_size == 96
     a, b = small.state_dict(), big.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -85,4 +85,4 @@ def test_resizing_keeps_vgg16_weights_and_refuses_an_architecture_whose_weights_
     assert big.eval()(frames).shape == (2, 2)
     alex = {**config, "arch": "alexnet", "input_size": 96}
     with pytest.raises(CheckpointError, match="depend on the input size"):
-        _resized(DefectNet(**alex), alex, 160)
+        _resized(DefectNet(**alex), {**alex, "input_size": 160})
