@@ -50,9 +50,25 @@ MIXES = {
 }
 
 
-def frames_for(mix: str, n: int, seed: int = 5) -> list[np.ndarray]:
-    shots = synthetic_shots(seed, 0.3, nz.parse_mix(mix))
-    return [next(shots).image for _ in range(n)]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "casting"
+
+
+def frames_for(mix: str, n: int, data: Path | None, seed: int = 5) -> list[np.ndarray]:
+    """``n`` frames of the mix: real test photographs with the mix's noise added, or generated impellers."""
+    if data is None:
+        shots = synthetic_shots(seed, 0.3, nz.parse_mix(mix))
+        return [next(shots).image for _ in range(n)]
+    from inspector.folder import FolderDataset, read_gray
+
+    ds = FolderDataset.scan(data, "test")
+    weights = nz.parse_mix(mix)
+    kinds, probs = list(weights), np.array(list(weights.values()))
+    rng = np.random.default_rng([seed, 1])
+    out = []
+    for i in rng.choice(len(ds), size=n, replace=False):
+        kind = kinds[int(rng.choice(len(kinds), p=probs))]
+        out.append(nz.apply_random(read_gray(ds.files[int(i)]), kind, rng))
+    return out
 
 
 def tight_loop(engines: Path, frames: list[np.ndarray], batch: int, seconds: float) -> dict[str, float]:
@@ -204,7 +220,12 @@ def daemon_run(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", type=Path, default=REPO / "engines" / "default")
+    ap.add_argument(
+        "--engines",
+        type=Path,
+        default=None,
+        help="engine set (default: engines/default on photographs, engines/synthetic on generated frames)",
+    )
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each measured run")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-delay-ms", type=float, default=10.0)
@@ -217,9 +238,27 @@ def main() -> int:
         help="the INT8 (Q/DQ) engine set to compare on the CPU: a path, 'auto' (<engines>-int8 if it exists) "
         "or 'none' (default: %(default)s)",
     )
+    ap.add_argument(
+        "--data",
+        default="auto",
+        help="frames: a folder with the casting photographs' test/ split (noise added per mix), 'auto' "
+        f"({DEFAULT_DATA} if it exists) or 'synthetic' (generated impellers) (default: %(default)s)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = ap.parse_args()
-    manifest = load_manifest(args.engines)
+    data: Path | None
+    if args.data == "auto":
+        data = DEFAULT_DATA if (DEFAULT_DATA / "test").is_dir() else None
+    else:
+        data = None if args.data == "synthetic" else Path(args.data)
+    source = (
+        f"real test photographs of {data.name}/test with each mix's noise added"
+        if data
+        else "generated impellers"
+    )
+    if args.engines is None:
+        args.engines = REPO / "engines" / ("default" if data else "synthetic")
+    print(f"frames: {source}; engines: {args.engines}", flush=True)
     int8: Path | None = None
     if args.int8 == "auto":
         cand = args.engines.parent / f"{args.engines.name}-int8"
@@ -227,6 +266,7 @@ def main() -> int:
     elif args.int8 != "none":
         int8 = Path(args.int8)
         load_manifest(int8)  # a clear error now, not after the daemon runs
+    manifest = load_manifest(args.engines)
     sets = [f"batching.max_batch={args.max_batch}", f"batching.max_delay_ms={args.max_delay_ms}"]
     results: dict[str, Any] = {
         "machine": {
@@ -235,13 +275,14 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "engines": str(args.engines),
+        "frames": source,
         "model_version": manifest.model_version,
         "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms,
         "mixes": {},
     }
     for name, mix in MIXES.items():
-        frames = frames_for(mix, 64)
+        frames = frames_for(mix, 64, data)
         print(f"[{name}] tight batched loop ...", flush=True)
         tight = tight_loop(args.engines, frames, args.max_batch, args.seconds)
         tight8 = None

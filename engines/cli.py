@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--calib-data",
-        default="synthetic",
-        help="'synthetic' or a folder of frames (e.g. from `inspector record`)",
+        default="auto",
+        help="'auto' (the calibration split of the float32 set's own data), 'synthetic', a data set folder "
+        "(<root>/train|test/...: its calibration split) or a folder of frames (e.g. from `inspector record`)",
     )
     p.add_argument(
         "--calib-frames", type=int, default=256, help="frames to calibrate on (default: %(default)s)"
@@ -310,7 +311,7 @@ def rebuild(args: argparse.Namespace, command: str) -> None:
         qargs = argparse.Namespace(
             engines=args.engines,
             out=args.int8_out,
-            calib_data="synthetic",
+            calib_data="auto",
             calib_frames=256,
             test_frames=None,
             quiet=args.quiet,

@@ -4,13 +4,16 @@ Splits are disjoint by construction. Synthetic frames of split ``s`` come from
 generator seed ``seed * 100 + SPLIT_CODES[s]``, so the test split's frames are
 drawn from seeds never used in training (``mining`` holds the fresh frames the
 defect stage's hard-example mining scores: training data too). A folder dataset uses its own
-``train`` / ``test`` folders; validation and calibration are carved out of
-``train`` with a seeded permutation.
+``train`` / ``test`` folders; validation (10%) and calibration (10%) are carved
+out of ``train`` by groups of near-duplicate photographs
+(:func:`engines.dedup.near_duplicate_groups`), so no part's copies straddle
+training and validation; ``test`` is the data set's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +44,57 @@ def load_split(data: str, split: str, count: int, seed: int, progress: bool = Tr
             for i in tqdm(range(count), desc=f"generate {split}", disable=not progress, leave=False)
         ]
         return Split(np.stack([s.image for s in samples]), np.array([s.label for s in samples], np.int64))
-    root = Path(data)
     if split == "test":
-        ds = FolderDataset.scan(root, "test")
-        frames, labels = ds.load()
-        return Split(frames[:count], labels[:count])
-    ds = FolderDataset.scan(root, "train")
-    frames, labels = ds.load()
-    order = np.random.default_rng(seed).permutation(len(frames))
-    n_val = max(len(frames) // 10, 1)
-    parts = {"val": order[:n_val], "calib": order[n_val : 2 * n_val], "train": order[2 * n_val :]}
-    idx = parts[split][:count]
+        frames, labels, _ = _folder(data, "test")
+        idx = test_indices(data, count, seed)
+    else:
+        frames, labels, _ = _folder(data, "train")
+        idx = _subset(folder_parts(data, seed)[split if split != "mining" else "train"], count, seed)
     return Split(frames[idx], labels[idx])
+
+
+def test_indices(data: str, count: int, seed: int) -> np.ndarray:
+    """Indices of the folder's test photographs that ``load_split(data, "test", count, seed)`` returns."""
+    return _subset(np.arange(len(_folder(data, "test")[0])), count, seed)
+
+
+def _subset(idx: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """All of ``idx`` when ``count`` covers it, else a seeded sample of ``count`` (files are sorted by
+    class folder, so the first ``count`` would hold one class only), kept in file order."""
+    if count >= len(idx):
+        return idx
+    return np.sort(np.random.default_rng([seed, 31]).choice(idx, size=count, replace=False))
+
+
+@lru_cache(maxsize=4)
+def _folder(data: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[Path, ...]]:
+    ds = FolderDataset.scan(Path(data), split)
+    frames, labels = ds.load()
+    frames.flags.writeable = False
+    return frames, labels, ds.files
+
+
+def folder_files(data: str, split: str) -> tuple[Path, ...]:
+    return _folder(data, split)[2]
+
+
+@lru_cache(maxsize=4)
+def folder_parts(data: str, seed: int) -> dict[str, np.ndarray]:
+    """Indices of ``train``'s photographs in the carved splits: whole near-duplicate groups to each.
+
+    Groups are shuffled with ``seed`` and dealt out until validation and calibration hold 10% of the
+    photographs each; the rest trains.
+    """
+    from engines.dedup import near_duplicate_groups
+
+    frames, _, _ = _folder(data, "train")
+    groups = near_duplicate_groups(frames, progress=True)
+    ids = np.unique(groups)
+    order = np.random.default_rng(seed).permutation(ids)
+    n = len(frames)
+    parts: dict[str, list[int]] = {"val": [], "calib": [], "train": []}
+    members = {g: np.nonzero(groups == g)[0] for g in ids}
+    for g in order:
+        name = "val" if len(parts["val"]) < n // 10 else "calib" if len(parts["calib"]) < n // 10 else "train"
+        parts[name] += members[int(g)].tolist()
+    return {k: np.array(sorted(v), np.int64) for k, v in parts.items()}

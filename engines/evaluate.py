@@ -215,13 +215,21 @@ def evaluate_denoising(
 
 
 def evaluate_defects(
-    pipe: Pipeline, frames: np.ndarray, labels: np.ndarray, sets: dict[str, np.ndarray], progress: bool
+    pipe: Pipeline,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    sets: dict[str, np.ndarray],
+    progress: bool,
+    subsets: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The study's table: clean, noisy without denoising, noisy through the full pipeline.
 
     Every row twice: at the calibrated threshold (what the line runs, set for
     the escape-rate target) and at 0.5 (the classifier's own decision, the
     study's rule), with the share of the accuracy gap the pipeline recovers.
+    ``subsets`` (name -> boolean mask over the frames) adds the same tables on
+    those frames alone, from the same scores (e.g. the test split without the
+    photographs that leak from ``train``), under ``"subsets"``.
     """
     scores: dict[str, np.ndarray] = {}
     kinds: dict[str, np.ndarray] = {}  # noise type the pipeline called, per frame, per condition
@@ -250,9 +258,12 @@ def evaluate_defects(
         base = next(k for k in sorted(kinds, key=len, reverse=True) if name.startswith(k))
         return np.array([pipe.threshold_for(str(k)) for k in kinds[base]])
 
-    def table(t: float | None) -> tuple[dict[str, Any], dict[str, float]]:
+    def table(t: float | None, mask: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+        keep = np.ones(len(labels), bool) if mask is None else mask
         rows = {
-            name: binary_metrics(labels, s, frame_thresholds(name) if t is None else t)
+            name: binary_metrics(
+                labels[keep], s[keep], (frame_thresholds(name) if t is None else np.full(len(s), t))[keep]
+            )
             for name, s in scores.items()
         }
         clean_acc = rows["clean (classifier only)"]["accuracy"]
@@ -269,7 +280,20 @@ def evaluate_defects(
 
     rows, recovery = table(None)
     rows_half, recovery_half = table(0.5)
+    extra = {}
+    for name, mask in (subsets or {}).items():
+        sub_rows, sub_rec = table(None, mask)
+        sub_half, sub_rec_half = table(0.5, mask)
+        extra[name] = {
+            "rows": sub_rows,
+            "gap_recovery": sub_rec,
+            "rows_at_0.5": sub_half,
+            "gap_recovery_at_0.5": sub_rec_half,
+            "n": int(mask.sum()),
+            "defective": int(labels[mask].sum()),
+        }
     return {
+        **({"subsets": extra} if extra else {}),
         "threshold": pipe.threshold,
         "thresholds": dict(pipe.thresholds),
         "rows": rows,
@@ -279,6 +303,59 @@ def evaluate_defects(
         "n": len(frames),
         "defective": int(labels.sum()),
     }
+
+
+def perturbations(frames: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The test frames as a real line may deliver them, one perturbation at a time (``engines.augment``)."""
+    from engines import augment as au
+
+    rng = np.random.default_rng([seed, 777])
+    angles = rng.uniform(0, 360, len(frames))
+    shifts = rng.uniform(0, 2 * np.pi, len(frames))
+
+    def shifted(px: float) -> np.ndarray:
+        return np.stack(
+            [au.rotate(f, 0.0, (px * np.cos(a), px * np.sin(a))) for f, a in zip(frames, shifts, strict=True)]
+        )
+
+    return {
+        "brightness -20%": np.stack([au.brightness(f, 0.8) for f in frames]),
+        "brightness +20%": np.stack([au.brightness(f, 1.2) for f in frames]),
+        "contrast 0.8x": np.stack([au.contrast(f, 0.8) for f in frames]),
+        "contrast 1.2x": np.stack([au.contrast(f, 1.2) for f in frames]),
+        "rotation 5 deg": np.stack([au.rotate(f, 5.0) for f in frames]),
+        "rotation any angle": np.stack([au.rotate(f, a) for f, a in zip(frames, angles, strict=True)]),
+        "shift 10 px": shifted(10.0),
+        "shift 20 px": shifted(20.0),
+        "defocus blur (sigma 1)": np.stack([au.defocus(f, 1.0) for f in frames]),
+        "JPEG quality 50": np.stack([au.jpeg(f, 50) for f in frames]),
+        "512 px camera resized on arrival": np.stack([au.camera_512(f) for f in frames]),
+    }
+
+
+def evaluate_robustness(
+    pipe: Pipeline, frames: np.ndarray, labels: np.ndarray, seed: int, progress: bool
+) -> dict[str, Any]:
+    """Defect accuracy through the full pipeline per perturbation, at 0.5 and at the calibrated thresholds.
+
+    Also the share of perturbed frames the noise classifier still calls clean: a brightness change
+    is not noise, and a frame called noisy is denoised (and decided at that type's threshold).
+    """
+    rows: dict[str, Any] = {}
+    sets = {"none (the clean test photographs)": frames, **perturbations(frames, seed)}
+    for name, perturbed in sets.items():
+        s, kinds = pipeline_scores(pipe, perturbed, f"robustness {name}", progress)
+        at_half = binary_metrics(labels, s, 0.5)
+        calibrated = binary_metrics(labels, s, np.array([pipe.threshold_for(str(k)) for k in kinds]))
+        rows[name] = {
+            "accuracy_at_0.5": at_half["accuracy"],
+            "auc": at_half["auc"],
+            "accuracy_calibrated": calibrated["accuracy"],
+            "escape_rate_calibrated": calibrated["escape_rate"],
+            "false_reject_rate_calibrated": calibrated["false_reject_rate"],
+            "called_clean": float(np.mean(kinds == "clean")),
+        }
+    return {"n": len(frames), "rows": rows}
 
 
 def stage_latency(pipe: Pipeline, frames: np.ndarray, batch: int = 8, repeats: int = 5) -> dict[str, float]:

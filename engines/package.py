@@ -278,9 +278,14 @@ def calibration_scores(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, defect scores and called noise types of the calibration split, through ``pipe``."""
     calib = load_split(data, "calib", profile.calib_frames, seed, progress)
-    frames = calibration_frames(calib.frames, seed)
+    frames, labels = calib.frames, calib.labels
+    # A folder's calibration split is small (10% of train): each photograph is used up to four times,
+    # so it appears under several noise types (frame i's type is i % 4, and the split's size shifts it).
+    reps = max(1, min(4, profile.calib_frames // max(len(frames), 1)))
+    frames, labels = np.concatenate([frames] * reps), np.concatenate([labels] * reps)
+    frames = calibration_frames(frames, seed)
     scores, kinds = ev.pipeline_scores(pipe, frames, "calibration", progress)
-    return calib.labels, scores, kinds
+    return labels, scores, kinds
 
 
 def _prior_commands(ckdir: Path) -> list[str]:
@@ -299,23 +304,52 @@ def evaluate_set(
     n_tune = min(20, max(len(test.frames) // 10, 2))
     n_eval = min(profile.eval_denoise_frames, len(test.frames) - n_tune)
     den_rep, examples = ev.evaluate_denoising(pipe, test.frames, sets, n_eval, n_tune, progress)
-    def_rep = ev.evaluate_defects(pipe, test.frames, test.labels, sets, progress)
+    split: dict[str, Any] = {
+        "data": data,
+        "generator_seed": synthetic_seed(seed, "test") if data == "synthetic" else None,
+        "frames": len(test.frames),
+        "defective": int(test.labels.sum()),
+    }
+    subsets = None
+    if data != "synthetic":
+        leak = test_leakage(data, len(test.frames), seed)
+        split["leakage"] = {
+            "byte_identical_in_train": int(leak["identical"].sum()),
+            "near_duplicates_in_train": int(leak["near"].sum()),
+            "near_duplicate_min_inliers": leak["min_inliers"],
+            "deduplicated_frames": int((~leak["identical"] & ~leak["near"]).sum()),
+        }
+        subsets = {
+            "deduplicated": ~leak["identical"] & ~leak["near"],
+            "without byte-identical": ~leak["identical"],
+        }
+    def_rep = ev.evaluate_defects(pipe, test.frames, test.labels, sets, progress, subsets)
     ev.plot_confusions(noise_rep, figdir / "noise_confusion.png")
     if examples:
         ev.plot_examples(examples, figdir / "denoise_examples.png")
     ev.plot_defects(def_rep, figdir / "defect_accuracy.png")
-    return {
-        "test_split": {
-            "data": data,
-            "generator_seed": synthetic_seed(seed, "test") if data == "synthetic" else None,
-            "frames": len(test.frames),
-            "defective": int(test.labels.sum()),
-        },
+    out: dict[str, Any] = {
+        "test_split": split,
         "noise_type": noise_rep,
         "denoising": den_rep,
         "defect": def_rep,
         "latency_ms_per_frame_batch8": ev.stage_latency(pipe, test.frames),
     }
+    if data != "synthetic":
+        out["robustness"] = ev.evaluate_robustness(pipe, test.frames, test.labels, seed, progress)
+    return out
+
+
+def test_leakage(data: str, count: int, seed: int) -> dict[str, Any]:
+    """Which photographs of the folder's test split (as ``load_split`` draws it) also sit in ``train``."""
+    from engines.data import _folder, test_indices
+    from engines.dedup import MIN_INLIERS, leaked_test
+
+    test_frames, _, test_files = _folder(data, "test")
+    train_frames, _, train_files = _folder(data, "train")
+    idx = test_indices(data, count, seed)
+    leak = leaked_test(test_frames[idx], [test_files[i] for i in idx], train_frames, train_files)
+    return {**leak, "min_inliers": MIN_INLIERS}
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:

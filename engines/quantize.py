@@ -28,9 +28,12 @@ from inspector.pipeline import Pipeline
 
 
 def calibration_set(source: str, count: int, seed: int) -> np.ndarray:
-    """Frames as the line sees them: a folder (recorded with ``inspector record``, or any images), or synthetic."""
-    if source == "synthetic":
-        split = load_split("synthetic", "calib", count, seed, progress=False)
+    """Frames as the line sees them: the calibration split of a build data set (``synthetic``, or a
+    ``<root>/train|test/<class>/`` tree such as the casting photographs: carved from ``train``, never
+    the test split) with noise added, or any other folder of images (recorded with ``inspector record``)
+    as they are."""
+    if source == "synthetic" or ((Path(source) / "train").is_dir() and (Path(source) / "test").is_dir()):
+        split = load_split(source, "calib", count, seed, progress=False)
         frames = split.frames.copy()
         for i in range(len(frames)):
             frames[i] = nz.apply_random(
@@ -50,6 +53,8 @@ def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
     src: Path = args.engines
     out: Path = args.out
     fp32 = load_manifest(src)
+    if args.calib_data == "auto":
+        args.calib_data = fp32.data
     frames = calibration_set(args.calib_data, args.calib_frames, fp32.seed)
     out.mkdir(parents=True, exist_ok=True)
     stages = {}

@@ -31,6 +31,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         + ". Every number below was measured on the exported ONNX engines through the runtime's own pipeline "
         "(ONNX Runtime, CPU). Noisy frames are seeded: rerunning gives the same table.\n"
     )
+    if "leakage" in ts:
+        lk = ts["leakage"]
+        add(
+            f"Leakage from `train`: {lk['byte_identical_in_train']} test photographs are byte-identical to a "
+            f"training photograph and {lk['near_duplicates_in_train']} more are near-duplicates of one (the same "
+            f"part turned, mirrored or shifted: at least {lk['near_duplicate_min_inliers']} ORB keypoint matches "
+            f"agree on one rotation and shift, `engines/dedup.py`). The **deduplicated** test split keeps the "
+            f"other {lk['deduplicated_frames']}; the defect tables are repeated on it below.\n"
+        )
     if "budget_gflop" in r:
         b = r["budget_gflop"]
         add(
@@ -106,6 +115,42 @@ def render_markdown(r: dict[str, Any]) -> str:
     add(
         "Study (VGG16): 94.6% on noisy frames -> 97.0% after denoising. Figure: `figures/defect_accuracy.png`.\n"
     )
+    for sub_name, sub in d.get("subsets", {}).items():
+        add(f"### The {sub_name} test split ({sub['n']} photographs, {sub['defective']} defective)\n")
+        add(
+            "| condition | accuracy at 0.5 | AUC | accuracy calibrated | escape rate calibrated | false reject rate calibrated |"
+        )
+        add("|---|---|---|---|---|---|")
+        for name, x in sub["rows_at_0.5"].items():
+            c = sub["rows"][name]
+            add(
+                f"| {name} | {_pct(x['accuracy'])} | {x['auc']:.4f} | {_pct(c['accuracy'])} | "
+                f"{_pct(c['escape_rate'])} | {_pct(c['false_reject_rate'])} |"
+            )
+        rec = sub["gap_recovery_at_0.5"].get("mixed noise", float("nan"))
+        add(
+            f"\nAccuracy gap recovered on mixed noise at 0.5: {'n/a' if rec != rec else f'{rec * 100:.1f}%'}.\n"
+        )
+
+    if "robustness" in r:
+        rb = r["robustness"]
+        add("## Robustness: what a real line does to a photograph\n")
+        add(
+            f"The {rb['n']} clean test photographs, one perturbation at a time, through the full pipeline "
+            "(`engines/evaluate.py: perturbations`). 'called clean': the share the noise classifier still calls "
+            "clean (a frame called noisy is denoised and decided at that type's threshold).\n"
+        )
+        add(
+            "| perturbation | accuracy at 0.5 | AUC | accuracy calibrated | escapes calibrated | false rejects calibrated | called clean |"
+        )
+        add("|---|---|---|---|---|---|---|")
+        for name, x in rb["rows"].items():
+            add(
+                f"| {name} | {_pct(x['accuracy_at_0.5'])} | {x['auc']:.4f} | {_pct(x['accuracy_calibrated'])} | "
+                f"{_pct(x['escape_rate_calibrated'])} | {_pct(x['false_reject_rate_calibrated'])} | "
+                f"{_pct(x['called_clean'])} |"
+            )
+        add("")
 
     if "calibration" in r:
         c = r["calibration"]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from engines.augment import augment
 from engines.models import DefectNet, DenoiseAE, NoiseTypeNet
 from engines.profiles import Profile
 from inspector import noise as nz
@@ -96,17 +97,6 @@ def load_checkpoint(path: str | Path, stage: str) -> tuple[nn.Module, dict[str, 
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
-
-
-def _augment_geometry(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips and quarter turns of (N, H, W) frames (the part has no preferred orientation)."""
-    out = np.empty_like(batch)
-    for i, f in enumerate(batch):
-        f = np.rot90(f, int(rng.integers(4)))
-        if rng.random() < 0.5:
-            f = f[:, ::-1]
-        out[i] = f
-    return out
 
 
 def _to_input(batch: np.ndarray) -> torch.Tensor:
@@ -233,7 +223,7 @@ def train_noise(
     val_x, val_y = noisy_copies(val, seed + 1)
 
     def make_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        frames = _augment_geometry(train[idx], rng)
+        frames = augment(profile.augment, train[idx], rng)
         types = rng.integers(len(nz.NOISE_TYPES), size=len(idx))
         x = np.stack([nz.apply_random(f, nz.NOISE_TYPES[t], rng) for f, t in zip(frames, types, strict=True)])
         return x, types.astype(np.int64)
@@ -357,7 +347,7 @@ def train_defect(
             if train_routed is None
             else np.where((rng.random(len(idx)) < 0.5)[:, None, None], train_routed[idx], train[idx])
         )
-        return _sensor_jitter(_augment_geometry(src, rng), rng), labels[idx]
+        return _sensor_jitter(augment(profile.augment, src, rng), rng), labels[idx]
 
     def phase(epochs: int, lr: float, keep_initial: bool, batches: Any = make_batch) -> dict[str, Any]:
         return _classifier_loop(
@@ -384,7 +374,7 @@ def train_defect(
 
         def draw(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             pick = rng.choice(len(frames), size=len(idx), p=p)
-            return _sensor_jitter(_augment_geometry(frames[pick], rng), rng), frame_labels[pick]
+            return _sensor_jitter(augment(profile.augment, frames[pick], rng), rng), frame_labels[pick]
 
         return draw
 
@@ -532,6 +522,8 @@ def train_denoise(
         noisy_b, clean_b = [], []
         for _ in range(profile.ae_batch):
             f = train[int(rng.integers(len(train)))]
+            if profile.augment != "geometry":  # photographs: the part at any angle, in any light
+                f = augment(profile.augment, f[None], rng)[0]
             r = rng.random()
             kind = "gaussian" if r < 0.45 else "periodic" if r < 0.9 else "clean"
             n = nz.apply_random(f, kind, rng)

@@ -25,6 +25,10 @@ class Shot:
     image: np.ndarray
     defective: bool | None
     noise: str
+    # The file's own bytes and their encoding ("jpeg" / "png"), sent as they are when the camera's
+    # encoding matches: a photograph goes out as the camera wrote it, without a second compression.
+    payload: bytes | None = None
+    payload_encoding: str | None = None
 
 
 @dataclass
@@ -49,17 +53,26 @@ def synthetic_shots(seed: int, defect_rate: float, mix: dict[str, float], start:
         i += 1
 
 
-def folder_shots(root: Path) -> Iterator[Shot]:
-    """Every image under ``root`` (recursively), labelled by its class folder name where it has one."""
+def folder_shots(root: Path, seed: int = 0, shuffle: bool = True) -> Iterator[Shot]:
+    """Every image under ``root`` (recursively), labelled by its class folder name where it has one.
+
+    Shuffled with ``seed`` (a line does not deliver all defective parts first); each shot keeps the
+    file's bytes so a JPEG or PNG photograph can be sent as it is. Noise ``clean``: a photograph as
+    the camera took it.
+    """
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
+    if shuffle:
+        files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
     for i, f in enumerate(files):
         try:
             label: bool | None = bool(class_of(f.parent.name))
         except ValueError:
             label = None
-        yield Shot(i, read_gray(f), label, "unknown")
+        suffix = f.suffix.lower()
+        kind = "jpeg" if suffix in (".jpg", ".jpeg") else "png" if suffix == ".png" else None
+        yield Shot(i, read_gray(f), label, "clean", f.read_bytes() if kind else None, kind)
 
 
 def run_camera(
@@ -93,6 +106,8 @@ def run_camera(
             msg = encode_frame(
                 shot.image, camera_id, shot.frame_id, time.time_ns(), encoding, encoder=shot.frame_id * 10
             )
+            if shot.payload is not None and shot.payload_encoding == encoding:
+                msg[1] = shot.payload  # the file's bytes (its decoded size is the header's shape)
             sock.send_multipart(msg)
             report.sent += 1
             if keep_truth:

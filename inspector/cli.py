@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames per second; 0 = as fast as possible (default: %(default)s)",
     )
     p.add_argument(
-        "--folder", type=Path, default=None, help="send the images of this folder instead of synthetic frames"
+        "--folder",
+        type=Path,
+        default=None,
+        help="send the images under this folder (e.g. the casting set's test/), shuffled, labelled by class "
+        "folder, instead of synthetic frames",
     )
     p.add_argument(
         "--defect-rate",
@@ -82,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="clean=0.7,gaussian=0.1,salt_pepper=0.1,periodic=0.1",
         help="synthetic: noise types and weights (default: %(default)s)",
     )
-    p.add_argument("--encoding", choices=("raw", "png", "jpeg"), default="raw")
+    p.add_argument(
+        "--encoding",
+        choices=("raw", "png", "jpeg"),
+        default=None,
+        help="payload encoding (default: jpeg for --folder - a JPEG file goes out as its own bytes - else raw)",
+    )
     p.add_argument("--seed", type=int, default=2024)
 
     p = sub.add_parser("listen", help="subscribe to verdicts and print them")
@@ -114,10 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
     )
-    p.add_argument("--count", type=int, default=500, help="frames to send (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=25.0, help="frames per second (default: %(default)s)")
-    p.add_argument("--defect-rate", type=float, default=0.3)
-    p.add_argument("--noise-mix", default="clean=0.55,gaussian=0.15,salt_pepper=0.15,periodic=0.15")
+    p.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="stream the photographs under this folder (e.g. ../shared/data/casting/test) as JPEG, scored "
+        "against their class folders; default: generated impellers",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="frames to send (default: every photograph of --folder, else 500)",
+    )
+    p.add_argument("--rate", type=float, default=20.0, help="frames per second (default: %(default)s)")
+    p.add_argument(
+        "--defect-rate", type=float, default=0.3, help="generated frames: share of defective parts"
+    )
+    p.add_argument(
+        "--noise-mix",
+        default="clean=0.55,gaussian=0.15,salt_pepper=0.15,periodic=0.15",
+        help="generated frames: noise types and weights (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=7)
     return parser
 
@@ -165,13 +192,12 @@ def cmd_camera(args: argparse.Namespace) -> int:
     from inspector.camera import folder_shots, run_camera, synthetic_shots
 
     shots = (
-        folder_shots(args.folder)
+        folder_shots(args.folder, args.seed)
         if args.folder
         else synthetic_shots(args.seed, args.defect_rate, nz.parse_mix(args.noise_mix))
     )
-    r = run_camera(
-        args.endpoint, shots, args.count, args.rate, args.camera_id, args.encoding, keep_truth=False
-    )
+    encoding = args.encoding or ("jpeg" if args.folder else "raw")
+    r = run_camera(args.endpoint, shots, args.count, args.rate, args.camera_id, encoding, keep_truth=False)
     print(
         f"sent {r.sent} frames in {r.seconds:.1f} s ({r.sent / max(r.seconds, 1e-9):.1f} frames/s) to {args.endpoint}"
     )
@@ -180,13 +206,16 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector import noise as nz
-    from inspector.camera import run_camera, synthetic_shots
+    from inspector.camera import folder_shots, run_camera, synthetic_shots
+    from inspector.folder import IMAGE_SUFFIXES
     from inspector.listen import Listener
     from inspector.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.engines)
         mix = nz.parse_mix(args.noise_mix)
+        if args.folder is not None and not args.folder.is_dir():
+            raise ValueError(f"no folder {str(args.folder)!r} to stream photographs from")
     except (ManifestError, ValueError) as exc:
         print(f"inspector demo: {exc}", file=sys.stderr)
         return 2
@@ -219,13 +248,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print("inspector demo: daemon not ready after 180 s", file=sys.stderr)
                 return 1
             time.sleep(0.05)
+        if args.folder is not None:
+            files = [p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            count = args.count if args.count is not None else len(files)
+            what = f"photographs of {args.folder} as JPEG, shuffled, labelled by their class folders"
+            shots = folder_shots(args.folder, args.seed)
+            encoding = "jpeg"
+        else:
+            count = args.count if args.count is not None else 500
+            what = f"generated impellers, defect rate {args.defect_rate}, noise mix {args.noise_mix}"
+            shots = synthetic_shots(args.seed, args.defect_rate, mix)
+            encoding = "raw"
         print(
-            f"daemon ready in {time.monotonic() - t0:.1f} s; camera sends {args.count} frames at {args.rate:g}/s "
-            f"(defect rate {args.defect_rate}, noise mix {args.noise_mix})",
+            f"daemon ready in {time.monotonic() - t0:.1f} s; camera sends {count} frames at {args.rate:g}/s ({what})",
             flush=True,
         )
-        shots = synthetic_shots(args.seed, args.defect_rate, mix)
-        report = run_camera(ingest, shots, args.count, args.rate, "demo-cam")
+        report = run_camera(ingest, shots, count, args.rate, "demo-cam", encoding)
         listener.wait_for(report.sent, timeout=60)
         time.sleep(0.3)
     finally:
@@ -276,9 +314,14 @@ def render_demo_summary(report: Any, verdicts: list[dict[str, Any]], gaps: int, 
         f"verdicts received        {len(verdicts)}  (missing {len(missing)}, duplicated {len(dupes)}, seq gaps {gaps})",
         "verdicts by kind         "
         + ", ".join(f"{k} {kinds.get(k, 0)}" for k in ("PASS", "FAIL", "ERROR", "TIMEOUT", "DROPPED")),
-        f"defect accuracy          {correct / n * 100:.2f}% of {len(inspected)} inspected frames (simulator ground truth)",
+        f"defect accuracy          {correct / n * 100:.2f}% of {len(inspected)} inspected frames (ground truth: simulator or class folder)",
         f"escapes / false rejects  {escapes} of {n_def} defective passed, {false_rej} of {len(inspected) - n_def} good rejected",
-        f"noise type accuracy      {noise_ok / n * 100:.2f}%",
+        f"noise type accuracy      {noise_ok / n * 100:.2f}%"
+        + (
+            "  (photographs as taken: 'clean' is right)"
+            if all(s.noise == "clean" for s, _ in inspected)
+            else ""
+        ),
         f"throughput               {len(verdicts) / span:.1f} verdicts/s"
         if span
         else "throughput               n/a",

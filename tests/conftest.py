@@ -10,7 +10,13 @@ import pytest
 from inspector.synthetic import ImpellerGenerator
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "engines" / "default"
+SHIPPED = REPO / "engines" / "default"  # trained on the real photographs
+SYNTHETIC = (
+    REPO / "engines" / "synthetic"
+)  # trained on generated impellers: tests and machines without the data
+CASTING = (
+    REPO.parent / "shared" / "data" / "casting"
+)  # the study's photographs, never copied into the repository
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +48,16 @@ def tiny_engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def casting() -> Path:
+    """The casting photographs' folder; skips without it (fails instead where CI demands it)."""
+    import os
+
+    if not ((CASTING / "train").is_dir() and (CASTING / "test").is_dir()):
+        msg = f"the casting photographs are not at {CASTING} (see its README for where they are published)"
+        if os.environ.get("INSPECTOR_REQUIRE_DATA"):
+            pytest.fail(msg + "; INSPECTOR_REQUIRE_DATA is set")
+        pytest.skip(msg)
+    return CASTING

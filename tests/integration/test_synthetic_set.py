@@ -1,4 +1,4 @@
-"""The shipped default engine set: intact, within budget, and doing what its report says."""
+"""The synthetic engine set (generated impellers, for machines without the photographs): intact, within budget, doing what its report says."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from inspector import noise as nz
 from inspector.manifest import load_manifest
 from inspector.pipeline import Pipeline
 from inspector.synthetic import ImpellerGenerator
-from tests.conftest import SHIPPED
+from tests.conftest import SYNTHETIC as SHIPPED
 
 pytestmark = pytest.mark.skipif(
-    not (SHIPPED / "manifest.json").is_file(), reason="no shipped engine set (run make engines)"
+    not (SHIPPED / "manifest.json").is_file(), reason="no synthetic engine set (run make engines-synthetic)"
 )
 
 
@@ -83,7 +83,7 @@ def test_pipeline_on_fresh_frames():
 
 
 def test_int8_set_is_intact_and_serves():
-    int8 = SHIPPED.parent / "default-int8"
+    int8 = SHIPPED.parent / "synthetic-int8"
     m = load_manifest(int8)  # verifies every file's sha256
     assert m.precision == "int8-qdq" and "inspector-build quantize" in m.command
     frames = ImpellerGenerator(seed=5).batch(0, 4)[0]

@@ -1,0 +1,200 @@
+"""The study's real photographs (``../shared/data/casting``, read in place): reader, leak-free splits,
+a short real training run, and the shipped set's figures recomputed from its engines.
+
+Skipped with a message naming the folder on a clone without the photographs; CI sets
+INSPECTOR_REQUIRE_DATA, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines import augment as au
+from engines.dedup import (
+    MIN_INLIERS,
+    descriptors,
+    keypoints,
+    leaked_test,
+    near_duplicate_groups,
+    same_part_score,
+)
+from inspector.folder import FolderDataset, read_gray
+from tests.conftest import SHIPPED
+
+pytestmark = pytest.mark.slow
+
+
+def test_folder_reader_on_the_real_grey_jpegs(casting: Path):
+    test = FolderDataset.scan(casting, "test")
+    assert len(test) == 715 and sum(test.labels) == 453  # the data set's own split, as published
+    f = test.files[0]
+    colour = cv2.imread(str(f), cv2.IMREAD_COLOR)
+    assert colour.shape == (300, 300, 3)  # stored as three channels...
+    assert np.abs(colour[..., 0].astype(int) - colour[..., 2].astype(int)).max() <= 2  # ...of one grey image
+    grey = read_gray(f)
+    assert grey.shape == (300, 300) and grey.dtype == np.uint8
+    assert abs(float(grey.mean()) - float(colour.mean())) < 2.0
+
+
+def test_dedup_finds_the_byte_identical_and_turned_copies(casting: Path):
+    import hashlib
+
+    tr = FolderDataset.scan(casting, "train")
+    te = FolderDataset.scan(casting, "test")
+    tr_ok = [f for f, y in zip(tr.files, tr.labels, strict=True) if y == 0][:600]
+    te_ok = [f for f, y in zip(te.files, te.labels, strict=True) if y == 0][:40]
+    tr_frames = np.stack([read_gray(f) for f in tr_ok])
+    te_frames = np.stack([read_gray(f) for f in te_ok])
+    leak = leaked_test(te_frames, te_ok, tr_frames, tr_ok)
+    train_hashes = {hashlib.sha256(f.read_bytes()).hexdigest() for f in tr_ok}
+    expected = [hashlib.sha256(f.read_bytes()).hexdigest() in train_hashes for f in te_ok]
+    assert leak["identical"].tolist() == expected
+    # A photograph turned by an arbitrary angle, mirrored and shifted is verified as the same part...
+    a = te_frames[0]
+    turned = au.rotate(np.ascontiguousarray(a[:, ::-1]), 137.0, (6.0, -4.0))
+    assert same_part_score(keypoints(a), keypoints(turned)) >= MIN_INLIERS
+    # ...and a photograph of another part is not.
+    b = read_gray(next(f for f, y in zip(te.files, te.labels, strict=True) if y == 1))
+    assert same_part_score(keypoints(a), keypoints(b)) < MIN_INLIERS
+    # Groups: the turned copy joins its original's group, the other part stays apart.
+    g = near_duplicate_groups(np.stack([a, turned, b]))
+    assert g[0] == g[1] != g[2]
+    # The descriptor is deterministic (cv2.warpPolar was not: it read uninitialised memory).
+    assert np.array_equal(descriptors(te_frames[:20]), descriptors(te_frames[:20]))
+
+
+def test_carved_splits_keep_near_duplicates_on_one_side(casting: Path):
+    from engines.data import _folder, folder_parts
+
+    frames, labels, _ = _folder(str(casting), "train")
+    parts = folder_parts(str(casting), 0)
+    allidx = np.concatenate(list(parts.values()))
+    assert len(allidx) == len(frames) == len(set(allidx.tolist()))  # a partition of train
+    for name in ("val", "calib"):
+        assert 0.08 * len(frames) <= len(parts[name]) <= 0.2 * len(frames), name
+        assert 0 < labels[parts[name]].mean() < 1, name
+    # No validation photograph is verified as the same part as a training photograph (checked on a
+    # seeded sample, against each one's best candidates in train, as the grouping searches them).
+    from engines.dedup import CANDIDATES, _candidates
+
+    d = descriptors(frames)
+    sample = np.random.default_rng(0).choice(parts["val"], size=40, replace=False)
+    cand = _candidates(d[sample], d[parts["train"]], CANDIDATES, exclude_self=False)
+    for i, row in zip(sample, cand, strict=True):
+        mine = keypoints(frames[i])
+        for j in parts["train"][row]:
+            assert same_part_score(mine, keypoints(frames[j])) < MIN_INLIERS
+
+
+def test_a_short_training_run_on_the_photographs(casting: Path, tmp_path: Path):
+    from engines.cli import main
+    from inspector.manifest import load_manifest
+    from inspector.pipeline import Pipeline
+
+    out = tmp_path / "engines"
+    argv = ["all", "--profile", "tiny", "--data", str(casting), "--seed", "1"]
+    argv += ["--checkpoints", str(tmp_path / "ck"), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    m = load_manifest(out)
+    assert m.data == str(casting)
+    r = json.loads((out / "report.json").read_text())
+    ts = r["test_split"]
+    assert ts["frames"] == 32 and 0 < ts["defective"] < 32  # a seeded sample holds both classes
+    assert set(ts["leakage"]) >= {
+        "byte_identical_in_train",
+        "near_duplicates_in_train",
+        "deduplicated_frames",
+    }
+    sub = r["defect"]["subsets"]["deduplicated"]
+    assert sub["n"] == ts["leakage"]["deduplicated_frames"]
+    rows = r["robustness"]["rows"]
+    assert {"rotation any angle", "shift 20 px", "JPEG quality 50", "brightness +20%"} <= set(rows)
+    assert all(0.0 <= x["accuracy_at_0.5"] <= 1.0 for x in rows.values())
+    md = (out / "report.md").read_text()
+    assert "Robustness" in md and "deduplicated" in md
+    frames = np.stack([read_gray(f) for f in FolderDataset.scan(casting, "test").files[:4]])
+    pipe = Pipeline.from_manifest(out)
+    assert len(pipe.run(frames)) == 4
+    pipe.close()
+
+
+def _shipped_report() -> dict:
+    if not (SHIPPED / "report.json").is_file():
+        pytest.skip(f"no shipped engine set at {SHIPPED} (run make engines)")
+    return json.loads((SHIPPED / "report.json").read_text())
+
+
+def test_shipped_set_was_made_from_the_photographs_by_a_rerunnable_command(casting: Path):
+    from inspector.manifest import load_manifest
+
+    _shipped_report()
+    m = load_manifest(SHIPPED)  # every file's sha256
+    assert m.profile == "photo" and Path(m.data).name == "casting"
+    assert m.budget_gflop["clean_frame"] <= 2.5 and m.budget_gflop["noisy_frame"] <= 6.0
+    # No machine-specific folder in the recorded command: relative paths only.
+    assert not re.search(r"(^|\s)/", m.command), m.command
+
+
+def test_shipped_real_test_figures_recomputed_from_the_engines(casting: Path):
+    """A seeded sample of the test photographs through the shipped engines agrees with the report."""
+    from inspector.pipeline import Pipeline
+
+    r = _shipped_report()
+    ds = FolderDataset.scan(casting, "test")
+    pick = np.sort(np.random.default_rng(5).choice(len(ds), size=150, replace=False))
+    frames = np.stack([read_gray(ds.files[i]) for i in pick])
+    labels = np.array([ds.labels[i] for i in pick])
+    pipe = Pipeline.from_manifest(SHIPPED, threshold=0.5)
+    scores = pipe.score(frames)
+    results = pipe.run(frames)
+    pipe.close()
+    acc = float(np.mean((scores >= 0.5) == labels))
+    reported = r["defect"]["rows_at_0.5"]["clean (classifier only)"]["accuracy"]
+    # 150 of 715: the sample's accuracy sits within a few binomial standard errors of the whole split's.
+    se = max(np.sqrt(reported * (1 - reported) / 150), 0.01)
+    assert abs(acc - reported) <= 4 * se, (acc, reported)
+    called_clean = float(np.mean([x.noise_type == "clean" for x in results]))
+    reported_clean = r["noise_type"]["levels"]["clean@0"]["accuracy"]
+    se = max(np.sqrt(reported_clean * (1 - reported_clean) / 150), 0.01)
+    assert abs(called_clean - reported_clean) <= 4 * se, (called_clean, reported_clean)
+
+
+def test_demo_streams_the_photographs_as_jpeg_and_scores_them(casting: Path):
+    """`inspector demo --folder`: the real daemon process, a camera sending the files' own JPEG bytes,
+    and a summary scored against the class folders - every frame answered exactly once."""
+    import subprocess
+    import sys
+
+    _shipped_report()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inspector",
+            "demo",
+            "--engines",
+            str(SHIPPED),
+            "--folder",
+            str(casting / "test"),
+            "--count",
+            "40",
+            "--rate",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "as JPEG" in out.stdout
+    m = re.search(r"verdicts received\s+(\d+)\s+\(missing (\d+), duplicated (\d+)", out.stdout)
+    assert m is not None, out.stdout
+    assert (int(m[1]), int(m[2]), int(m[3])) == (40, 0, 0)
+    acc = re.search(r"defect accuracy\s+([\d.]+)% of (\d+) inspected", out.stdout)
+    assert acc is not None and int(acc[2]) >= 1
