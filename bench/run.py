@@ -314,7 +314,7 @@ def main() -> int:
         }
     if int8 is not None:
         print("[stages] ms per frame at batch 8, float32 and INT8 ...", flush=True)
-        results["int8"] = {"engines": str(int8), "stage_ms_per_frame": stage_times(args.engines, int8)}
+        results["int8"] = {"engines": str(int8), "stage_ms_per_frame": stage_times(args.engines, int8, data)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
@@ -322,11 +322,11 @@ def main() -> int:
     return 0
 
 
-def stage_times(fp32: Path, int8: Path) -> dict[str, dict[str, float]]:
+def stage_times(fp32: Path, int8: Path, data: Path | None) -> dict[str, dict[str, float]]:
     """Each stage's ONNX Runtime ms per frame at batch 8 (median of 20), both sets measured alternately."""
     from engines.evaluate import stage_latency
 
-    frames = np.stack(frames_for(MIXES["line (clean 70%)"], 8))
+    frames = np.stack(frames_for(MIXES["line (clean 70%)"], 8, data))
     pipes = {"float32": Pipeline.from_manifest(fp32), "int8": Pipeline.from_manifest(int8)}
     rounds: dict[str, list[dict[str, float]]] = {k: [] for k in pipes}
     for _ in range(3):
