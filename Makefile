@@ -35,7 +35,7 @@ format: $(STAMP) ## apply ruff's formatter and safe fixes
 test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
 
-engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 45 min on 2 cores)
+engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 20 min on 2 cores)
 	@test -d "$(DATA)/train" -a -d "$(DATA)/test" || { echo "make engines: no data set at '$(DATA)': $(DATA_HELP)" >&2; exit 2; }
 	$(VENV)/bin/inspector-build all --profile photo --data $(DATA) --seed $(SEED) --out $(ENGINES)
 
