@@ -274,7 +274,7 @@ def main() -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "engines": str(args.engines),
+        "engines": _shown(args.engines),
         "frames": source,
         "model_version": manifest.model_version,
         "max_batch": args.max_batch,
@@ -314,12 +314,23 @@ def main() -> int:
         }
     if int8 is not None:
         print("[stages] ms per frame at batch 8, float32 and INT8 ...", flush=True)
-        results["int8"] = {"engines": str(int8), "stage_ms_per_frame": stage_times(args.engines, int8, data)}
+        results["int8"] = {
+            "engines": _shown(int8),
+            "stage_ms_per_frame": stage_times(args.engines, int8, data),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
     print(f"\nwritten {args.out}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it: results carry no machine's folders."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def stage_times(fp32: Path, int8: Path, data: Path | None) -> dict[str, dict[str, float]]:

@@ -90,3 +90,14 @@ def test_int8_set_is_intact_and_serves():
     pipe = Pipeline.from_manifest(int8, threshold=0.5)
     assert len(pipe.run(frames)) == 4
     pipe.close()
+
+
+def test_every_shipped_manifest_records_a_command_a_user_can_rerun():
+    """No machine-specific folder in any shipped set's recorded command: relative paths only."""
+    import re
+
+    for root in sorted(SHIPPED.parent.iterdir()):
+        if (root / "manifest.json").is_file():
+            command = load_manifest(root, verify=False).command
+            assert command.startswith("inspector-build"), root
+            assert not re.search(r"(^|\s|=)/", command), (root, command)
