@@ -12,6 +12,7 @@ training and validation; ``test`` is the data set's own.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -74,10 +75,6 @@ def _folder(data: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[Path, 
     return frames, labels, ds.files
 
 
-def folder_files(data: str, split: str) -> tuple[Path, ...]:
-    return _folder(data, split)[2]
-
-
 @lru_cache(maxsize=4)
 def folder_parts(data: str, seed: int) -> dict[str, np.ndarray]:
     """Indices of ``train``'s photographs in the carved splits: whole near-duplicate groups to each.
@@ -88,7 +85,7 @@ def folder_parts(data: str, seed: int) -> dict[str, np.ndarray]:
     from engines.dedup import near_duplicate_groups
 
     frames, _, _ = _folder(data, "train")
-    groups = near_duplicate_groups(frames, progress=True)
+    groups = near_duplicate_groups(frames, progress=sys.stderr.isatty())  # ~2 min on 2 cores: a bar
     ids = np.unique(groups)
     order = np.random.default_rng(seed).permutation(ids)
     n = len(frames)
