@@ -41,6 +41,18 @@ class IngestConfig(_Section):
     )
     min_side: int = Field(default=32, ge=8, description="smallest accepted image side, pixels")
     max_side: int = Field(default=4096, ge=32, description="largest accepted image side, pixels")
+    max_age_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="TIMEOUT a frame older than this by its camera ts_ns (wall clocks, e.g. PTP); "
+        "unset = off. Catches frames that waited in a socket or across a restart",
+    )
+    clock_skew_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="with max_age_ms: camera-vs-host clock difference tolerated, either way; "
+        "a ts_ns further in the future is an ERROR (bad_timestamp)",
+    )
 
 
 class PublishConfig(_Section):
@@ -69,6 +81,17 @@ class BatchingConfig(_Section):
     )
     deadline_ms: float = Field(
         default=2000.0, gt=0, description="a frame without a verdict this long after receipt gets TIMEOUT"
+    )
+    admission: bool = Field(
+        default=True,
+        description="shed a frame on arrival (DROPPED) when the queue ahead of it, at the measured "
+        "service time, would not let it finish before its deadline",
+    )
+    admission_margin: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="admit while the expected finish is within this share of the deadline",
     )
     queue_size: int = Field(
         default=64,
@@ -115,6 +138,11 @@ class SupervisorConfig(_Section):
     )
     ready_timeout_s: float = Field(
         default=120.0, gt=0, description="how long engines may take to load and warm up"
+    )
+    hang_timeout_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="a worker whose loop has not turned for this long is marked not ready, killed and restarted",
     )
 
 

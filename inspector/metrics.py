@@ -81,11 +81,54 @@ def get() -> SimpleNamespace:
             ),
             ready=Gauge(
                 "inspector_ready",
-                "1 when engines are loaded and warm and workers are alive",
+                "1 when engines are loaded and warm and every worker is alive and making progress",
+                multiprocess_mode="livemax",
+            ),
+            hung=Counter(
+                "inspector_worker_hung_total",
+                "Workers that stopped making progress and were killed by the supervisor",
+                ["role"],
+            ),
+            reloads=Counter("inspector_reloads_total", "SIGHUP reloads, by outcome", ["result"]),
+            service_ms=Gauge(
+                "inspector_service_time_per_frame_ms",
+                "Measured inference time per frame (moving average) used for admission",
                 multiprocess_mode="livemax",
             ),
         )
     return _metrics
+
+
+# Every label a counter can take, exported at zero from the start so a dashboard's rate() has a series.
+LABELS = {
+    "verdicts": ["PASS", "FAIL", "ERROR", "TIMEOUT", "DROPPED"],
+    "input_errors": [
+        "bad_framing",
+        "header_too_large",
+        "bad_header",
+        "unsupported_version",
+        "payload_too_large",
+        "bad_shape",
+        "shape_mismatch",
+        "encoding_mismatch",
+        "undecodable_image",
+        "bad_timestamp",
+        "internal_error",
+    ],
+    "drops": ["ring_full", "queue_full", "admission"],
+    "timeouts": ["stale", "queue", "predicted", "inference", "late", "publisher"],
+    "restarts": ["ingest", "inference"],
+    "hung": ["ingest", "inference", "publisher"],
+    "reloads": ["ok", "refused", "failed"],
+}
+
+
+def prime() -> None:
+    """Create every labelled counter child at zero (called once by the supervisor)."""
+    m = get()
+    for name, labels in LABELS.items():
+        for label in labels:
+            getattr(m, name).labels(label)
 
 
 def render() -> bytes:

@@ -14,14 +14,15 @@ Daemon -> bridges: two-part messages ``[topic, body]`` on a PUB socket, topic
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 TOPIC_VERDICT = b"verdict"
@@ -53,28 +54,42 @@ class ProtocolError(ValueError):
         self.header = header or {}
 
 
+INT64_MAX = (1 << 63) - 1
+MAX_JSON_DEPTH = 3  # object -> "shape" list -> (nothing deeper is valid)
+_Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+_CameraId = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+_FrameId = Annotated[StrictStr, Field(min_length=1, max_length=128)] | _Int64
+_TsNs = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+_Side = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+
+
 class FrameHeader(BaseModel):
-    """Header of a camera frame (JSON). Unknown keys are rejected so typos surface."""
+    """Header of a camera frame (JSON). Strict: no coercion (``true`` is not 1, ``"7"`` is not 7,
+    ``7.0`` is not 7), integers within int64, unknown keys rejected so typos surface."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    v: int = Field(description="protocol major version; this daemon speaks 1")
-    camera_id: str = Field(min_length=1, max_length=64, description="the camera's name")
-    frame_id: str | int = Field(description="trigger / part id from the line, echoed in the verdict")
-    ts_ns: int = Field(ge=0, description="capture time, ns since the Unix epoch")
-    encoder: int | None = Field(
+    v: StrictInt = Field(description="protocol major version; this daemon speaks 1")
+    camera_id: _CameraId = Field(description="the camera's name")
+    frame_id: _FrameId = Field(description="trigger / part id from the line, echoed in the verdict")
+    ts_ns: _TsNs = Field(description="capture time, ns since the Unix epoch")
+    encoder: _Int64 | None = Field(
         default=None, description="encoder count at trigger, echoed for the PLC's shift register"
     )
     encoding: Literal["raw", "png", "jpeg"] = "raw"
     dtype: Literal["uint8"] = "uint8"
-    shape: tuple[int, int] = Field(description="(height, width) of the image")
+    shape: Annotated[list[_Side], Field(min_length=2, max_length=2)] = Field(
+        description="(height, width) of the image"
+    )
 
-    @field_validator("frame_id")
-    @classmethod
-    def _frame_id_len(cls, v: str | int) -> str | int:
-        if isinstance(v, str) and not 1 <= len(v) <= 128:
-            raise ValueError("frame_id string must be 1..128 characters")
-        return v
+
+# Each id on its own, so a header that fails elsewhere still echoes the ids that are valid (and only those).
+_ID_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "camera_id": TypeAdapter(_CameraId),
+    "frame_id": TypeAdapter(_FrameId),
+    "encoder": TypeAdapter(_Int64),
+    "ts_ns": TypeAdapter(_TsNs),
+}
 
 
 @dataclass(frozen=True)
@@ -85,50 +100,148 @@ class Limits:
 
 
 def _ids(raw: Any) -> dict[str, Any]:
-    """Whatever ids a broken header still carries, for the ERROR verdict."""
+    """The ids of a rejected header that pass validation on their own, for its ERROR verdict."""
     if not isinstance(raw, dict):
         return {}
     out = {}
-    for key in ("camera_id", "frame_id", "encoder", "ts_ns"):
-        val = raw.get(key)
-        if isinstance(val, (str, int)) and not isinstance(val, bool) and len(str(val)) <= 128:
-            out[key] = val
+    for key, adapter in _ID_ADAPTERS.items():
+        if key in raw:
+            with contextlib.suppress(ValidationError):
+                out[key] = adapter.validate_python(raw[key], strict=True)
     return out
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings, found without recursion (``json`` recurses)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for b in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = val
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number the protocol allows")
+
+
+def _load_json(raw: bytes) -> Any:
+    """UTF-8 JSON with duplicate keys, NaN/Infinity and deep nesting refused, before anything recurses."""
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise ProtocolError("bad_header", f"header nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad_header", f"header is not UTF-8 JSON ({exc.__class__.__name__})") from None
+    except ValueError as exc:  # duplicate key, NaN/Infinity, an integer of thousands of digits
+        raise ProtocolError("bad_header", f"header JSON refused: {exc}") from None
 
 
 def parse_header(raw: bytes) -> FrameHeader:
     """Parse and validate a frame header; raises :class:`ProtocolError` with the reason."""
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("header_too_large", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("bad_header", f"header is not UTF-8 JSON ({exc.__class__.__name__})") from None
+    obj = _load_json(raw)
     if not isinstance(obj, dict):
         raise ProtocolError("bad_header", "header is not a JSON object")
-    if obj.get("v") != PROTOCOL_VERSION:
+    v = obj.get("v")
+    if "v" not in obj or not isinstance(v, int) or isinstance(v, bool):
+        raise ProtocolError("bad_header", "v: the protocol version must be an integer", _ids(obj))
+    if v != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_version",
-            f"protocol version {obj.get('v')!r}; this daemon speaks {PROTOCOL_VERSION}",
+            f"protocol version {v if abs(v) < 10**6 else '(huge)'}; this daemon speaks {PROTOCOL_VERSION}",
             _ids(obj),
         )
     try:
         return FrameHeader.model_validate(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "header"
-        raise ProtocolError("bad_header", f"{loc}: {first['msg']}", _ids(obj)) from None
+        # a union's branch names ("constrained-str", "int") say nothing to a camera vendor
+        loc = ".".join(str(p) for i, p in enumerate(first["loc"]) if i == 0 or isinstance(p, int)) or "header"
+        msg = first["msg"]
+        if loc == "frame_id" and first["type"] not in ("missing",):
+            msg = "a string of 1..128 characters or an integer within int64"
+        raise ProtocolError("bad_header", f"{loc}: {msg}", _ids(obj)) from None
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not C4 (DHT), C8, CC (DAC).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(payload: bytes, encoding: str) -> tuple[int, int] | None:
+    """(height, width) as the PNG / JPEG header states it, read without decoding; None if not found.
+
+    Checked against ``shape`` and the side limits before the decoder allocates anything, so a
+    small file that claims 60000x60000 (a decompression bomb) costs nothing.
+    """
+    if encoding == "png":
+        # signature, then the IHDR chunk first: length(4) "IHDR" width(4) height(4), big-endian
+        if len(payload) < 24 or payload[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(payload[20:24], "big"), int.from_bytes(payload[16:20], "big")
+    i, n = 2, len(payload)
+    while i + 4 <= n:
+        if payload[i] != 0xFF:
+            return None
+        marker = payload[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        length = int.from_bytes(payload[i + 2 : i + 4], "big")
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(payload[i + 5 : i + 7], "big"), int.from_bytes(
+                payload[i + 7 : i + 9], "big"
+            )
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
 
 
 def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.ndarray[Any, Any]]:
-    """Validate a ``[header, payload]`` message and decode its image to (H, W) uint8."""
+    """Validate a ``[header, payload]`` message and decode its image to (H, W) uint8.
+
+    Everything a sender controls is checked before it costs memory or time: header size, JSON
+    nesting, types, payload size, the image's stated size (against ``shape`` and the limits) and
+    its magic bytes (against ``encoding``); only then is the image decoded.
+    """
     if len(parts) != 2:
         known: dict[str, Any] = {}
         if parts:
-            try:
-                known = _ids(json.loads(parts[0].decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                known = {}
+            with contextlib.suppress(ProtocolError):
+                if len(parts[0]) <= MAX_HEADER_BYTES:
+                    known = _ids(_load_json(parts[0]))
         raise ProtocolError(
             "bad_framing", f"expected 2 message parts [header, payload], got {len(parts)}", known
         )
@@ -151,22 +264,41 @@ def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.nd
                 f"raw payload of {len(payload)} bytes does not match shape {h}x{w} uint8",
                 ids,
             )
-        img: np.ndarray[Any, Any] = np.frombuffer(payload, np.uint8).reshape(h, w)
-    else:
-        buf = np.frombuffer(payload, np.uint8)
-        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if len(buf) else None
-        if decoded is None or decoded.dtype != np.uint8:
-            raise ProtocolError(
-                "undecodable_image", f"{header.encoding} payload of {len(payload)} bytes does not decode", ids
-            )
-        if decoded.shape != (h, w):
-            raise ProtocolError(
-                "shape_mismatch",
-                f"decoded image is {decoded.shape[0]}x{decoded.shape[1]}, header says {h}x{w}",
-                ids,
-            )
-        img = decoded
-    return header, img
+        return header, np.frombuffer(payload, np.uint8).reshape(h, w)
+    magic = PNG_MAGIC if header.encoding == "png" else JPEG_MAGIC
+    if not payload.startswith(magic):
+        raise ProtocolError(
+            "encoding_mismatch",
+            f"payload does not start with the {header.encoding} signature ({len(payload)} bytes)",
+            ids,
+        )
+    stated = image_size(payload, header.encoding)
+    if stated is None:
+        raise ProtocolError("undecodable_image", f"{header.encoding} payload has no readable image size", ids)
+    if stated != (h, w):
+        raise ProtocolError(
+            "shape_mismatch",
+            f"{header.encoding} header states {stated[0]}x{stated[1]}, the frame header says {h}x{w}",
+            ids,
+        )
+    if header.encoding == "jpeg" and not payload.rstrip(b"\0").endswith(b"\xff\xd9"):
+        # libjpeg decodes a cut-off file with the missing rows filled grey (a warning, no error)
+        raise ProtocolError("undecodable_image", "jpeg payload is truncated (no end-of-image marker)", ids)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as exc:
+        raise ProtocolError(
+            "undecodable_image",
+            f"{header.encoding} decoder refused the payload ({str(exc).strip()[-80:]})",
+            ids,
+        ) from None
+    if decoded is None or decoded.dtype != np.uint8 or decoded.shape != (h, w):
+        raise ProtocolError(
+            "undecodable_image",
+            f"{header.encoding} payload of {len(payload)} bytes does not decode to {h}x{w}",
+            ids,
+        )
+    return header, decoded
 
 
 def encode_frame(

@@ -10,16 +10,62 @@ its frame can still be read.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 
 import numpy as np
 
+PREFIX = "inspector-"
+EMPTY = -1
+
+
+def unlink_segment(name: str) -> None:
+    """Remove a segment by name (idempotent); what a dead supervisor's workers call on their way out."""
+    with contextlib.suppress(FileNotFoundError):
+        shm = shared_memory.SharedMemory(name=name, create=False)
+        with contextlib.suppress(Exception):
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        shm.close()
+        shm.unlink()
+
+
+def sweep_dead(base: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink ring segments left by daemons that died (their supervisor pid is in the name)."""
+    removed = []
+    for path in base.glob(f"{PREFIX}*"):
+        parts = path.name.split("-")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if not _alive(int(parts[1])):
+            unlink_segment(path.name)
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 class SlotRing:
+    """``frames[slot]`` holds a frame; ``owner[slot]`` the ticket of the frame written there.
+
+    The owner word proves whose pixels a slot holds: ingest sets it to EMPTY, writes the pixels,
+    then sets it to the frame's ticket; inference copies the pixels out and then checks the word
+    still names its frame. A slot handed out twice (which the publisher's ledger rules out) would
+    show as a mismatch and an ERROR verdict, never as a verdict on another frame's pixels.
+    """
+
     def __init__(self, name: str, slots: int, height: int, width: int, create: bool) -> None:
         self.slots, self.height, self.width = slots, height, width
-        size = slots * height * width
+        size = slots * height * width + slots * 8
         self._owner = create
         self.shm = shared_memory.SharedMemory(name=name, create=create, size=size)
         if not create:
@@ -27,12 +73,27 @@ class SlotRing:
             # unlink the creator's segment when this worker exits. The supervisor owns it.
             with contextlib.suppress(Exception):  # best effort: only the tracker's bookkeeping
                 resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
-        self.frames = np.ndarray((slots, height, width), np.uint8, buffer=self.shm.buf)
+        self.owner = np.ndarray((slots,), np.int64, buffer=self.shm.buf, offset=0)
+        self.frames = np.ndarray((slots, height, width), np.uint8, buffer=self.shm.buf, offset=slots * 8)
+        if create:
+            self.owner[:] = EMPTY
         self.name = self.shm.name
 
     @classmethod
     def create(cls, slots: int, height: int, width: int) -> SlotRing:
-        return cls(f"inspector-{secrets.token_hex(6)}", slots, height, width, create=True)
+        # The creator's pid in the name lets the next start sweep what a SIGKILLed daemon left.
+        return cls(f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}", slots, height, width, create=True)
+
+    def write(self, slot: int, ticket: int, image: np.ndarray) -> None:
+        self.owner[slot] = EMPTY
+        self.frames[slot] = image
+        self.owner[slot] = ticket
+
+    def read(self, slots: list[int], tickets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the frames, and per frame whether its slot still held it after the copy."""
+        frames = self.frames[slots]  # fancy indexing copies
+        intact = self.owner[slots] == np.asarray(tickets, np.int64)
+        return frames, intact
 
     @classmethod
     def attach(cls, name: str, slots: int, height: int, width: int) -> SlotRing:
@@ -42,7 +103,7 @@ class SlotRing:
         """Detach; the creator also unlinks the segment (idempotent)."""
         if getattr(self, "frames", None) is None:
             return
-        del self.frames
+        del self.frames, self.owner
         self.frames = None  # type: ignore[assignment]
         self.shm.close()
         if self._owner:

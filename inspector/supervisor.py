@@ -41,7 +41,7 @@ from inspector import logs
 from inspector.config import ConfigError, Settings, load_settings
 from inspector.manifest import load_manifest
 from inspector.systemd import Notifier
-from inspector.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, run_worker
+from inspector.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, now_ns, run_worker
 
 WORKERS = {
     "publisher": "inspector.workers.publisher:PublisherWorker",
@@ -79,6 +79,9 @@ class Supervisor:
         self.http: Any = None
         self.runtime_dir: Path | None = None
         self.ring: Any = None
+        self.restarting: tuple[str, float] | None = None
+        self.reload_pending: tuple[int, str] | None = None
+        self._pending_settings: Settings = settings
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,9 +93,10 @@ class Supervisor:
         self.model_version = manifest.model_version
         self.frame_size = (manifest.frame_size, manifest.frame_size)
         base = os.environ.get("RUNTIME_DIRECTORY")
-        self.runtime_dir = Path(
-            tempfile.mkdtemp(prefix="inspector-", dir=base.split(":")[0] if base else None)
-        )
+        base_dir = Path(base.split(":")[0]) if base else Path(tempfile.gettempdir())
+        self._sweep(base_dir)
+        # The pid in the names lets the next start sweep what a SIGKILLed daemon left behind.
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix=f"inspector-{os.getpid()}-", dir=base_dir))
         from inspector import metrics
 
         metrics.use_directory(self.runtime_dir / "metrics")
@@ -112,12 +116,18 @@ class Supervisor:
             ingest_gen=self.ctx.RawValue("Q", 0),
             ingest_ready=self.ctx.RawValue("i", 0),
             stop=self.ctx.RawArray("i", 3),
+            alive=self.ctx.RawArray("Q", 3),
+            service_ns=self.ctx.RawValue("Q", 0),
+            healthy=self.ctx.RawValue("i", 0),
+            reload_done=self.ctx.RawValue("Q", 0),
+            reload_failed=self.ctx.RawValue("Q", 0),
         )
         self.zctx: zmq.Context[Any] = zmq.Context()
         self.control = self.zctx.socket(zmq.PUSH)
         self.control.setsockopt(zmq.LINGER, 1000)
         self.control.connect(endpoint(str(self.runtime_dir), "results"))
         self.m = metrics.get()
+        metrics.prime()
         if s.metrics.enabled:
             self.http = metrics.HealthServer(s.metrics.host, s.metrics.port, self.live, self.ready)
             self.http.start()
@@ -132,11 +142,24 @@ class Supervisor:
         self._spawn("ingest")
         self._wait_ingest()
         self.state = State.READY
-        self.m.ready.set(1)
+        self._set_health()
         self.notifier.ready(f"ready: {self.model_version}")
         self.log.info(
             "ready", model_version=self.model_version, ingest=s.ingest.endpoint, publish=s.publish.endpoint
         )
+
+    def _sweep(self, base_dir: Path) -> None:
+        """Remove the ring segments and runtime folders of daemons that died without cleaning up."""
+        from inspector.ring import _alive, sweep_dead
+
+        removed = sweep_dead()
+        for d in base_dir.glob("inspector-*-*"):
+            pid = d.name.split("-")[1]
+            if d.is_dir() and pid.isdigit() and not _alive(int(pid)) and (d / "settings.json").exists():
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
+        if removed:
+            self.log.warning("removed what a dead daemon left behind", paths=removed)
 
     def _write_settings(self, s: Settings) -> None:
         self.settings_file.write_text(json.dumps(s.model_dump(mode="json")))
@@ -153,6 +176,7 @@ class Supervisor:
             settings_file=str(self.settings_file),
         )
         self.shared.stop[STOP_INDEX[role]] = 0
+        self.shared.alive[STOP_INDEX[role]] = 0  # not watched for hangs until its loop turns
         p = self.ctx.Process(
             target=run_worker, args=(WORKERS[role], spec, self.shared), name=f"inspector.{role}", daemon=False
         )
@@ -189,11 +213,35 @@ class Supervisor:
         return self.state in (State.STARTING, State.READY, State.DRAINING)
 
     def ready(self) -> bool:
+        """The one readiness answer: /readyz, the inspector_ready metric and heartbeats all read it."""
+        return bool(getattr(self, "shared", None) is not None and self.shared.healthy.value)
+
+    def _assess(self) -> bool:
+        now = now_ns()
         return (
             self.state is State.READY
             and bool(self.shared.ready.value)
+            and bool(self.shared.ingest_ready.value)
             and all(p.is_alive() for p in self.procs.values())
+            and not self._hung(now)
         )
+
+    def _hung(self, now: int) -> list[str]:
+        """Workers whose loop has not turned for hang_timeout_s (SIGSTOP, a deadlock, a stuck call)."""
+        limit = int(self.settings.supervisor.hang_timeout_s * 1e9)
+        out = []
+        for role in self.procs:
+            stamp = int(self.shared.alive[STOP_INDEX[role]])
+            if stamp and now - stamp > limit:
+                out.append(role)
+        return out
+
+    def _set_health(self) -> None:
+        healthy = self._assess()
+        if bool(self.shared.healthy.value) != healthy:
+            self.shared.healthy.value = int(healthy)
+            self.m.ready.set(int(healthy))
+            self.log.info("readiness changed", ready=healthy)
 
     # -- run ----------------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -220,14 +268,17 @@ class Supervisor:
                 if self._reload_signal:
                     self._reload_signal = False
                     self.reload()
+                self._check_reload()
                 if not self._check_workers():
                     self.exit_code = 1
                     break
+                self._set_health()
                 now = time.monotonic()
-                # The watchdog is fed only while the inference loop turns over (pipeline progress, not a timer).
+                # The watchdog is fed while the inference loop turns over (pipeline progress, not a
+                # timer), or while an inference restart is loading engines within ready_timeout_s.
                 if wd and now - last_ping >= wd / 3:
                     prog = int(self.shared.progress.value)
-                    if prog != last_progress:
+                    if prog != last_progress or self.restarting is not None:
                         self.notifier.watchdog()
                         last_progress, last_ping = prog, now
                 if now - last_status >= 5.0:
@@ -242,6 +293,30 @@ class Supervisor:
         return self.exit_code
 
     def _check_workers(self) -> bool:
+        """Restart what died or hung; False when the daemon must stop. Never blocks."""
+        for role in self._hung(now_ns()):
+            p = self.procs[role]
+            if p.is_alive():
+                self.log.error(
+                    "worker stopped making progress; killing it",
+                    worker=role,
+                    pid=p.pid,
+                    hang_timeout_s=self.settings.supervisor.hang_timeout_s,
+                )
+                self.m.hung.labels(role).inc()
+                self.shared.healthy.value = 0
+                self.m.ready.set(0)
+                p.kill()
+                p.join(1)
+        if self.restarting is not None:
+            role, deadline = self.restarting
+            if self.shared.ready.value:
+                self.log.info("inference worker back", pid=self.procs[role].pid)
+                self.restarting = None
+            elif time.monotonic() > deadline and self.procs[role].is_alive():
+                self.log.error("inference restart did not get ready in time; killing it")
+                self.procs[role].kill()
+                self.procs[role].join(1)
         for role, p in list(self.procs.items()):
             if p.is_alive():
                 continue
@@ -266,11 +341,8 @@ class Supervisor:
                 self.shared.ready.value = 0
                 self.control.send_pyobj({"kind": "worker_died", "role": role})
                 self._spawn("inference")
-                try:
-                    self._wait_ready()
-                except DaemonError as exc:
-                    self.log.error("inference restart failed", error=str(exc))
-                    return False
+                # Waited for in later turns of the loop (the watchdog keeps being fed meanwhile).
+                self.restarting = ("inference", time.monotonic() + self.settings.supervisor.ready_timeout_s)
             else:  # ingest
                 self.shared.ingest_gen.value += 1
                 self.shared.ingest_ready.value = 0
@@ -279,19 +351,46 @@ class Supervisor:
         return True
 
     def reload(self) -> None:
+        """Phase one of SIGHUP: validate, hand the new settings to inference; READY comes in phase two."""
+        if self.reload_pending is not None:
+            self.log.warning("reload already in progress; this SIGHUP is folded into it")
         self.notifier.reloading()
         try:
             new = load_settings(self.config_path, self.overrides)
-            load_manifest(new.engines.path)
+            manifest = load_manifest(new.engines.path)
+            if (manifest.frame_size, manifest.frame_size) != self.frame_size:
+                raise ValueError(
+                    f"{new.engines.path} works on {manifest.frame_size}x{manifest.frame_size} frames, "
+                    f"the frame ring holds {self.frame_size[0]}x{self.frame_size[1]}: restart the daemon to change it"
+                )
         except (ConfigError, ValueError) as exc:
             self.log.error("reload refused; keeping the running configuration", error=str(exc))
-            self.notifier.ready("reload refused")
+            self.m.reloads.labels("refused").inc()
+            self.notifier.ready(f"reload refused: {str(exc)[:200]}")
             return
-        self.settings = new
+        self._pending_settings = new
         self._write_settings(new)
         self.shared.reload_gen.value += 1
+        self.reload_pending = (int(self.shared.reload_gen.value), manifest.model_version)
         self.log.info("reload requested", engines=str(new.engines.path))
-        self.notifier.ready(f"reloaded: {new.engines.path}")
+
+    def _check_reload(self) -> None:
+        """Phase two: READY "reloaded" only once inference reports the swap; a failure is reported."""
+        if self.reload_pending is None:
+            return
+        gen, version = self.reload_pending
+        if self.shared.reload_done.value >= gen:
+            self.reload_pending = None
+            self.settings, self.model_version = self._pending_settings, version
+            self.m.reloads.labels("ok").inc()
+            self.log.info("reloaded", model_version=version)
+            self.notifier.ready(f"reloaded: {version}")
+        elif self.shared.reload_failed.value >= gen:
+            self.reload_pending = None
+            self._write_settings(self.settings)  # the running configuration, for any worker restarted later
+            self.m.reloads.labels("failed").inc()
+            self.log.error("reload failed in the inference worker; the previous engines keep serving")
+            self.notifier.ready(f"reload failed; still serving {self.model_version}")
 
     # -- stop -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -299,6 +398,9 @@ class Supervisor:
         if self.state is State.STOPPED:
             return
         self.state = State.DRAINING
+        if getattr(self, "shared", None) is not None:
+            self.shared.healthy.value = 0
+            self.m.ready.set(0)
         self.notifier.stopping()
         self.log.info("draining")
         timeout = self.settings.supervisor.drain_timeout_s

@@ -15,6 +15,7 @@ daemon must survive its inference worker being killed mid-stream.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Shared:
     ingest_gen: Any  # RawValue('Q'): bumped by the supervisor before each ingest (re)start
     ingest_ready: Any  # RawValue('i'): 1 once the ingest worker holds its free-slot list
     stop: Any  # RawArray('i', 3): drain requests for ingest, inference, publisher
+    alive: Any  # RawArray('Q', 3): each worker's liveness stamp (monotonic ns of its last loop turn)
+    service_ns: Any  # RawValue('Q'): inference's measured time per frame (moving average), for admission
+    healthy: Any  # RawValue('i'): the supervisor's one readiness answer (readyz, heartbeats, metric)
+    reload_done: Any  # RawValue('Q'): the reload generation inference has swapped in
+    reload_failed: Any  # RawValue('Q'): the reload generation inference failed to load
 
 
 @dataclass
@@ -88,13 +94,29 @@ class Worker:
             pass
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.setup()
+        index = STOP_INDEX[self.role]
         try:
             while self.parent_alive():
+                self.shared.alive[index] = now_ns()
                 if not self.run_loop():
                     break
         finally:
             self.teardown()
             self.ctx.destroy(linger=0)
+            if not self.parent_alive():
+                self.orphaned()
+
+    def orphaned(self) -> None:
+        """The supervisor died (SIGKILL): remove what it would have removed, so nothing is left behind.
+
+        Every worker does this on its way out; unlinking is idempotent and safe while others still
+        have the segment mapped.
+        """
+        from inspector.ring import unlink_segment
+
+        unlink_segment(self.spec.ring_name)
+        shutil.rmtree(self.spec.runtime_dir, ignore_errors=True)
+        self.log.warning("supervisor gone; removed its shared memory and runtime folder")
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -116,7 +138,11 @@ def verdict_msg(
     reason: str | None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The internal message that carries one frame's verdict to the publisher."""
+    """The internal message that carries one frame's verdict to the publisher.
+
+    ``extra`` carries ``gen`` (the ingest generation that owns the slot) and ``deadline`` (monotonic
+    ns) when the frame had them, plus the inspection results.
+    """
     return {
         "kind": "verdict",
         "ticket": ticket,
@@ -127,6 +153,14 @@ def verdict_msg(
         "reason": reason,
         **extra,
     }
+
+
+def read_settings(path: str) -> Settings:
+    """The settings the supervisor wrote for its workers (rewritten on a successful reload)."""
+    import json
+    from pathlib import Path
+
+    return Settings(**json.loads(Path(path).read_text()))
 
 
 def now_ns() -> int:

@@ -18,6 +18,7 @@ flight is collected at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -75,7 +76,8 @@ class InferenceWorker(Worker):
         self._loader: threading.Thread | None = None
         self._loaded: tuple[Settings, Any] | None = None
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
-        self._warm_up(self.pipeline)
+        self.per_frame_ns = self._warm_up(self.pipeline)
+        self.shared.service_ns.value = self.per_frame_ns
         self.runner: BatchRunner[tuple[list[Job], int]] = BatchRunner(self.pipeline)
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
         self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
@@ -88,13 +90,22 @@ class InferenceWorker(Worker):
             path=str(self.settings.engines.path),
         )
 
-    def _warm_up(self, pipe: Any) -> None:
+    def _warm_up(self, pipe: Any) -> int:
+        """Run every route once per warm-up batch; returns the last batch's time per frame (ns).
+
+        That first estimate lets ingest's admission work from the first frame; measured batches
+        replace it as they come.
+        """
         n = self.settings.batching.max_batch
         frames, _ = ImpellerGenerator(seed=99).batch(0, n)
+        per_frame = 0
         for _ in range(self.settings.engines.warmup_batches):
             # Route every stage once: clean frames, then every denoiser (gaussian, s&p, periodic routes).
+            t0 = now_ns()
             pipe.run(frames)
             pipe.denoise(frames, np.array([1, 2, 3] * n)[:n])
+            per_frame = (now_ns() - t0) // n
+        return per_frame
 
     def _maybe_reload(self) -> None:
         """Build the new pipeline in a thread while this one keeps serving; swap between two batches.
@@ -113,14 +124,18 @@ class InferenceWorker(Worker):
             self._publish(self.runner.step(None))
         self._loader = None
         if self._loaded is None:
-            return  # the loader logged why
+            self.shared.reload_failed.value = self.reload_gen  # the loader logged why
+            return
         new_settings, new_pipe = self._loaded
         self._loaded = None
-        old = self.pipeline
+        old, old_version = self.pipeline, self.model_version
         self.pipeline, self.settings = new_pipe, new_settings
         self.runner = BatchRunner(new_pipe)
         self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
         old.close()
+        self.m.model.labels(old_version, self.settings.engines.backend).set(0)
+        self.m.model.labels(self.model_version, new_settings.engines.backend).set(1)
+        self.shared.reload_done.value = self.reload_gen  # two-phase: the supervisor says READY now
         self.log.info(
             "reloaded",
             model_version=self.model_version,
@@ -129,6 +144,7 @@ class InferenceWorker(Worker):
         )
 
     def _load_new(self) -> None:
+        new_pipe = None
         try:
             data = json.loads(Path(self.spec.settings_file).read_text())
             new_settings = Settings(**data)
@@ -136,7 +152,10 @@ class InferenceWorker(Worker):
             self._warm_up(new_pipe)
             self._loaded = (new_settings, new_pipe)
         except Exception as exc:
-            self.log.error("reload failed; keeping the engines in use", error=str(exc))
+            if new_pipe is not None:
+                with contextlib.suppress(Exception):
+                    new_pipe.close()  # the half-built pipeline goes, the running one stays
+            self.log.error("reload failed; keeping the engines in use", error=str(exc)[:500])
 
     def _collect(self) -> list[Job]:
         b = self.settings.batching
@@ -168,9 +187,11 @@ class InferenceWorker(Worker):
     def _send(
         self, job: Job, verdict: Verdict, reason: str | None, extra: dict[str, Any] | None = None
     ) -> None:
-        ticket, slot, meta, t_recv, _deadline, _gen = job
+        ticket, slot, meta, t_recv, deadline, gen = job
         self.results.send_pyobj(
-            verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason, **(extra or {}))
+            verdict_msg(
+                ticket, slot, meta, t_recv, verdict.value, reason, gen=gen, deadline=deadline, **(extra or {})
+            )
         )
 
     def run_loop(self) -> bool:
@@ -185,6 +206,9 @@ class InferenceWorker(Worker):
     def _process(self, batch: list[Job]) -> None:
         ingest_gen = int(self.shared.ingest_gen.value)
         t_start = now_ns()
+        # This batch's expected compute, from the measured time per frame: a frame that cannot make
+        # its deadline is answered now instead of being inspected for nothing (work saved for others).
+        t_expected = t_start + self.per_frame_ns * len(batch)
         live: list[Job] = []
         for job in batch:
             if job[5] != ingest_gen:
@@ -192,10 +216,20 @@ class InferenceWorker(Worker):
             elif t_start > job[4]:
                 self.m.timeouts.labels("queue").inc()
                 self._send(job, Verdict.TIMEOUT, "deadline passed while queued")
+            elif t_expected > job[4]:
+                self.m.timeouts.labels("predicted").inc()
+                self._send(job, Verdict.TIMEOUT, "deadline would pass during inference; not inspected")
             else:
                 live.append(job)
         if live:
-            frames = self.ring.frames[[j[1] for j in live]]  # fancy indexing copies out of the ring
+            frames, intact = self.ring.read([j[1] for j in live], [j[0] for j in live])
+            if not intact.all():
+                for job, ok in zip(live, intact, strict=True):
+                    if not ok:
+                        self._send(job, Verdict.ERROR, "frame slot held another frame; not inspected")
+                frames = frames[intact]
+                live = [j for j, ok in zip(live, intact, strict=True) if ok]
+        if live:
             self.m.batch.observe(len(live))
             self._publish(self.runner.step(frames, (live, t_start)))
         elif self.runner.busy:
@@ -214,6 +248,11 @@ class InferenceWorker(Worker):
     def _verdicts(self, live: list[Job], t_start: int, results: list[Any]) -> None:
         t_done = now_ns()
         self.shared.processed.value += len(live)
+        # Time per frame, as a moving average over batches, for admission and the prediction above.
+        # On the stream schedule a batch's span overlaps the next one's upload: an overestimate.
+        self.per_frame_ns = int(0.8 * self.per_frame_ns + 0.2 * (t_done - t_start) / len(live))
+        self.shared.service_ns.value = self.per_frame_ns
+        self.m.service_ms.set(self.per_frame_ns / 1e6)
         stage_ms = results[0].stage_ms
         for stage, ms in stage_ms.items():
             self.m.stage_ms.labels(stage).observe(ms)

@@ -11,6 +11,7 @@ Per message, exactly one of:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import cv2
@@ -19,7 +20,7 @@ import zmq
 from inspector import metrics
 from inspector.protocol import Limits, ProtocolError, Verdict, decode_frame
 from inspector.ring import SlotRing
-from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
+from inspector.workers.base import Worker, endpoint, now_ns, read_settings, verdict_msg
 
 
 class IngestWorker(Worker):
@@ -45,6 +46,9 @@ class IngestWorker(Worker):
         self.gen = int(self.shared.ingest_gen.value)
         self.seeded = False
         self.drops = 0
+        self.bad = 0
+        self._slot: int | None = None
+        self.reload_seen = int(self.shared.reload_done.value)
         # No camera socket until the publisher has told us which ring slots are free.
         t_end = now_ns() + 30_000_000_000
         while not self.seeded and now_ns() < t_end:
@@ -96,11 +100,18 @@ class IngestWorker(Worker):
         reason: str,
         slot: int | None = None,
     ) -> None:
-        self.results.send_pyobj(verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason))
+        extra = {"gen": self.gen} if slot is not None else {}
+        self.results.send_pyobj(verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason, **extra))
 
     def run_loop(self) -> bool:
         if self.stop_requested:
             return False
+        if self.shared.reload_done.value != self.reload_seen:
+            self.reload_seen = int(self.shared.reload_done.value)
+            self.settings = read_settings(self.spec.settings_file)
+            s = self.settings
+            self.limits = Limits(s.ingest.max_payload_bytes, s.ingest.min_side, s.ingest.max_side)
+            self.log.info("settings reloaded", deadline_ms=s.batching.deadline_ms)
         events = dict(self.poller.poll(50))
         if self.free in events:
             self._take_free()
@@ -117,64 +128,145 @@ class IngestWorker(Worker):
         return True
 
     def handle(self, parts: list[bytes]) -> None:
+        """One message in, exactly one outcome out; no input can raise out of here."""
         t_recv = now_ns()
+        wall = time.time_ns()
         ticket = int(self.shared.next_ticket.value)
         self.shared.next_ticket.value = ticket + 1
         self.m.frames.inc()
+        self._slot = None
+        try:
+            self._handle(parts, ticket, t_recv, wall)
+        except Exception as exc:  # a bug or a case nobody foresaw: this frame is rejected, ingest goes on
+            if self._slot is not None:
+                self.free_slots.append(self._slot)  # never handed over: still ours
+            self.m.input_errors.labels("internal_error").inc()
+            self.log.error("frame handling failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._reject(
+                ticket,
+                {},
+                t_recv,
+                Verdict.ERROR,
+                f"internal_error: {type(exc).__name__} while reading the frame",
+            )
+
+    def _handle(self, parts: list[bytes], ticket: int, t_recv: int, wall: int) -> None:
         try:
             header, img = decode_frame(parts, self.limits)
         except ProtocolError as exc:
             self.m.input_errors.labels(exc.reason).inc()
-            self.log.warning("bad input", reason=exc.reason, detail=exc.detail, **exc.header)
+            self._log_bad(exc)
             self._reject(ticket, exc.header, t_recv, Verdict.ERROR, f"{exc.reason}: {exc.detail}")
             return
         meta = header.model_dump(include={"camera_id", "frame_id", "encoder", "ts_ns"})
+        b = self.settings.batching
+        deadline = t_recv + int(b.deadline_ms * 1e6)
+        age = self.settings.ingest.max_age_ms
+        if age is not None:
+            skew_ns = int(self.settings.ingest.clock_skew_ms * 1e6)
+            age_ns = wall - header.ts_ns
+            if age_ns < -skew_ns:
+                self.m.input_errors.labels("bad_timestamp").inc()
+                self._reject(
+                    ticket,
+                    meta,
+                    t_recv,
+                    Verdict.ERROR,
+                    f"bad_timestamp: ts_ns is {-age_ns / 1e6:.0f} ms in the future "
+                    f"(clock_skew_ms {self.settings.ingest.clock_skew_ms:g}); check the camera's clock",
+                )
+                return
+            deadline = min(deadline, t_recv + int(age * 1e6) + skew_ns - age_ns)
+            if deadline <= t_recv:
+                self.m.timeouts.labels("stale").inc()
+                self._reject(
+                    ticket,
+                    meta,
+                    t_recv,
+                    Verdict.TIMEOUT,
+                    f"stale: captured {age_ns / 1e6:.0f} ms ago, over ingest.max_age_ms {age:g}",
+                )
+                return
         if img.shape != self.spec.frame_size:
             # Engines were trained at frame_size; a frame of another size is resized (area) once, here.
             img = cv2.resize(
                 img, (self.spec.frame_size[1], self.spec.frame_size[0]), interpolation=cv2.INTER_AREA
             )
+        self._take_free()
         if not self.free_slots:
-            self._take_free()
-        if not self.free_slots:
-            self.m.drops.labels("ring_full").inc()
-            self._log_drop("ring_full", meta)
-            self._reject(
-                ticket,
-                meta,
-                t_recv,
-                Verdict.DROPPED,
-                "overload: no free frame slot (drop policy: shed the arriving frame)",
-            )
+            self._drop(ticket, meta, t_recv, "ring_full", "no free frame slot")
             return
-        slot = self.free_slots.pop()
-        self.ring.frames[slot] = img
-        deadline = t_recv + int(self.settings.batching.deadline_ms * 1e6)
+        if b.admission:
+            expected = self._expected_finish_ns()
+            if expected is not None and t_recv + expected > t_recv + (deadline - t_recv) * b.admission_margin:
+                self._drop(
+                    ticket,
+                    meta,
+                    t_recv,
+                    "admission",
+                    f"{self._in_flight()} frames ahead would take {expected / 1e6:.0f} ms, "
+                    f"past the {(deadline - t_recv) / 1e6:.0f} ms deadline",
+                )
+                return
+        slot = self._slot = self.free_slots.pop()
+        self.ring.write(slot, ticket, img)
         job = (ticket, slot, meta, t_recv, deadline, self.gen)
         try:
             self.jobs.send_pyobj(job, zmq.NOBLOCK)
         except zmq.Again:
-            self.m.drops.labels("queue_full").inc()
-            self._log_drop("queue_full", meta)
-            self._reject(
-                ticket,
-                meta,
-                t_recv,
-                Verdict.DROPPED,
-                "overload: inference queue full (drop policy: shed the arriving frame)",
-                slot,
-            )
+            self._drop(ticket, meta, t_recv, "queue_full", "inference queue full", slot)
+            self._slot = None  # the publisher frees it with the verdict
             return
+        self._slot = None
         self.results.send_pyobj(
             {
                 "kind": "accepted",
                 "ticket": ticket,
                 "slot": slot,
+                "gen": self.gen,
                 "meta": meta,
                 "t_recv": t_recv,
                 "deadline": deadline,
             }
         )
+
+    def _in_flight(self) -> int:
+        """Frames in the ring ahead of an arriving one (queued, in inference, or awaiting publication)."""
+        return self.spec.ring_slots - len(self.free_slots)
+
+    def _expected_finish_ns(self) -> int | None:
+        """When an arriving frame would be answered, from inference's measured time per frame.
+
+        The frames ahead of it plus itself, at the measured per-frame time, plus one more batch
+        (its batch may have just started) and the batching delay. None until inference has measured.
+        """
+        per_frame = int(self.shared.service_ns.value)
+        if not per_frame:
+            return None
+        b = self.settings.batching
+        return (self._in_flight() + 1 + b.max_batch) * per_frame + int(b.max_delay_ms * 1e6)
+
+    def _drop(
+        self, ticket: int, meta: dict[str, Any], t_recv: int, reason: str, why: str, slot: int | None = None
+    ) -> None:
+        self.m.drops.labels(reason).inc()
+        self._log_drop(reason, meta)
+        self._reject(
+            ticket,
+            meta,
+            t_recv,
+            Verdict.DROPPED,
+            f"overload: {why} (drop policy: shed the arriving frame)",
+            slot,
+        )
+
+    def _log_bad(self, exc: ProtocolError) -> None:
+        # A hostile sender can send thousands a second: log the first and then one in a hundred.
+        self.bad += 1
+        if self.bad % 100 == 1:
+            self.log.warning(
+                "bad input", reason=exc.reason, detail=exc.detail[:200], count=self.bad, **exc.header
+            )
 
     def _log_drop(self, reason: str, meta: dict[str, Any]) -> None:
         # Overload can mean thousands of drops a second: log the first and then one in a hundred.

@@ -12,6 +12,7 @@ out every ``heartbeat_interval_s`` so bridges can fail safe on silence.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from typing import Any
@@ -19,10 +20,45 @@ from typing import Any
 import zmq
 
 from inspector import metrics
+from inspector.manifest import load_manifest
 from inspector.protocol import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_VERDICT, Verdict, encode_message
-from inspector.workers.base import Worker, endpoint, now_ns
+from inspector.workers.base import Worker, endpoint, now_ns, read_settings
 
 ANSWERED_MEMORY = 1 << 18  # tickets remembered as answered, to drop stale duplicates
+LATENCY_KEYS = ("queue", "noise", "denoise", "defect", "total")
+
+
+class SlotLedger:
+    """Which ring slots go back to ingest, so that no slot is ever listed free twice.
+
+    Ingest hands out only slots this ledger gave it under its own generation. A reseed (a new
+    ingest) lists every slot not held by a frame still pending here; those held slots are
+    remembered with their ticket. A verdict then frees its slot only when the frame is of the
+    current generation (ingest took the slot from this generation's list), or when it is the
+    remembered holder of a slot held at the reseed. A frame of an older generation that was not
+    pending at the reseed (its ``accepted`` note arrived after it) frees nothing: its slot was
+    already in the reseed's list. Proof by cases is in ``tests/unit/test_slot_ledger.py``.
+    """
+
+    def __init__(self, slots: int, gen: int) -> None:
+        self.slots = slots
+        self.gen = gen
+        self.held: dict[int, int] = {}  # slot -> ticket, for frames of older generations
+
+    def reseed(self, gen: int, pending: dict[int, tuple[int | None, int]]) -> list[int]:
+        """New generation; ``pending`` maps ticket -> (slot, gen). Returns the new free list."""
+        self.gen = gen
+        self.held = {slot: ticket for ticket, (slot, _g) in pending.items() if slot is not None}
+        return [s for s in range(self.slots) if s not in self.held]
+
+    def release(self, slot: int, ticket: int, gen: int | None) -> bool:
+        """True when ``slot`` goes back to ingest now that ``ticket`` is answered."""
+        if gen == self.gen and slot not in self.held:
+            return True
+        if self.held.get(slot) == ticket:
+            del self.held[slot]
+            return True
+        return False
 
 
 class PublisherWorker(Worker):
@@ -46,9 +82,12 @@ class PublisherWorker(Worker):
         self.free.setsockopt(zmq.LINGER, 1000)
         self.free.connect(endpoint(rd, "free"))
         self.gen = int(self.shared.ingest_gen.value)
+        self.ledger = SlotLedger(self.spec.ring_slots, self.gen)
         self.backlog: list[tuple[str, int, list[int]]] = [
             ("reseed", self.gen, list(range(self.spec.ring_slots)))
         ]
+        self.model_version = self.spec.model_version
+        self.reload_seen = int(self.shared.reload_done.value)
         self.pending: dict[int, dict[str, Any]] = {}
         self.answered: OrderedDict[int, None] = OrderedDict()
         self.seq = 0
@@ -60,6 +99,8 @@ class PublisherWorker(Worker):
         self.log.info("publishing", endpoint=s.publish.endpoint)
 
     def run_loop(self) -> bool:
+        if self.shared.reload_done.value != self.reload_seen:
+            self._reloaded()
         if self.inbox.poll(20):
             for _ in range(1024):
                 try:
@@ -100,8 +141,10 @@ class PublisherWorker(Worker):
         elif kind == "reseed":
             # A new ingest worker: every slot not held by a pending frame is free, under the new generation.
             self.gen = msg["gen"]
-            held = {p["slot"] for p in self.pending.values()}
-            self.backlog = [("reseed", self.gen, [s for s in range(self.spec.ring_slots) if s not in held])]
+            free = self.ledger.reseed(
+                self.gen, {t: (p["slot"], p.get("gen", -1)) for t, p in self.pending.items()}
+            )
+            self.backlog = [("reseed", self.gen, free)]
             self.flush_free()
         elif kind == "stop":
             for p in list(self.pending.values()):
@@ -121,15 +164,24 @@ class PublisherWorker(Worker):
         if ticket in self.answered:
             self.duplicates += 1
             return
-        pend = self.pending.pop(ticket, None)
-        slot = msg.get("slot") if msg.get("slot") is not None else (pend or {}).get("slot")
+        pend = self.pending.pop(ticket, None) or {}
+        slot = msg.get("slot") if msg.get("slot") is not None else pend.get("slot")
+        gen = msg.get("gen", pend.get("gen"))
+        deadline = msg.get("deadline", pend.get("deadline"))
         self.answered[ticket] = None
         if len(self.answered) > ANSWERED_MEMORY:
             self.answered.popitem(last=False)
         verdict = Verdict(msg["verdict"])
+        reason = msg.get("reason")
         t_pub = now_ns()
+        if verdict in (Verdict.PASS, Verdict.FAIL) and deadline is not None and t_pub > deadline:
+            # The last hand on a verdict before it leaves: never a late PASS, whatever delayed it.
+            self.m.timeouts.labels("late").inc()
+            reason = f"deadline passed before publication ({verdict.value} decided {(t_pub - deadline) / 1e6:.0f} ms too late)"
+            verdict = Verdict.TIMEOUT
         total_ms = (t_pub - msg["t_recv"]) / 1e6
-        latency = dict(msg.get("latency_ms") or {})
+        stages = msg.get("latency_ms") or {}
+        latency = {k: stages.get(k) for k in LATENCY_KEYS}
         latency["total"] = total_ms
         meta = msg.get("meta") or {}
         self.seq += 1
@@ -144,20 +196,20 @@ class PublisherWorker(Worker):
             "ts_ns": meta.get("ts_ns"),
             "verdict": verdict.value,
             "reject": verdict.reject,
-            "reason": msg.get("reason"),
+            "reason": reason,
             "defect_score": msg.get("defect_score"),
             "threshold": msg.get("threshold"),
             "noise_type": msg.get("noise_type"),
             "noise_confidence": msg.get("noise_confidence"),
             "denoiser": msg.get("denoiser"),
             "latency_ms": latency,
-            "model_version": msg.get("model_version", self.spec.model_version),
+            "model_version": msg.get("model_version", self.model_version),
             "published_ns": time.time_ns(),
         }
         self.pub.send_multipart(encode_message(TOPIC_VERDICT, body))
         self.m.verdicts.labels(verdict.value).inc()
         self.m.e2e_ms.observe(total_ms)
-        if slot is not None:
+        if slot is not None and self.ledger.release(slot, ticket, gen):
             # Coalesce: one message to ingest per flush, not one per verdict.
             if self.backlog and self.backlog[-1][0] == "free" and self.backlog[-1][1] == self.gen:
                 self.backlog[-1][2].append(slot)
@@ -171,6 +223,15 @@ class PublisherWorker(Worker):
                 camera_id=body["camera_id"],
                 frame_id=body["frame_id"],
             )
+
+    def _reloaded(self) -> None:
+        """Inference swapped in a reload: take its settings and engine version for heartbeats."""
+        self.reload_seen = int(self.shared.reload_done.value)
+        self.settings = read_settings(self.spec.settings_file)
+        self.grace_ns = int(max(self.settings.batching.deadline_ms * 0.25, 250) * 1e6)
+        with contextlib.suppress(Exception):
+            self.model_version = load_manifest(self.settings.engines.path).model_version
+        self.log.info("settings reloaded", model_version=self.model_version)
 
     def flush_free(self) -> None:
         """Give freed slots back to ingest; kept here while no ingest is connected."""
@@ -203,10 +264,10 @@ class PublisherWorker(Worker):
             "ts_ns": time.time_ns(),
             "last_seq": self.seq,
             "pending": len(self.pending),
-            "ready": bool(self.shared.ready.value and self.shared.ingest_ready.value),
+            "ready": bool(self.shared.healthy.value),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "interval_s": self.settings.publish.heartbeat_interval_s,
-            "model_version": self.spec.model_version,
+            "model_version": self.model_version,
         }
         self.pub.send_multipart(encode_message(TOPIC_HEARTBEAT, body))
 

@@ -51,7 +51,7 @@ class Daemon:
     def __init__(
         self,
         tmp: Path,
-        engines: Path,
+        engines: Path | None,
         sets: list[str] | None = None,
         env: dict[str, str] | None = None,
         config: Path | None = None,
@@ -64,7 +64,7 @@ class Daemon:
         if config is not None:
             cmd += ["--config", str(config)]
         for s in [
-            f"engines.path={engines}",
+            *([f"engines.path={engines}"] if engines is not None else []),
             f"ingest.endpoint={self.ingest}",
             f"publish.endpoint={self.publish}",
             "metrics.port=0",
