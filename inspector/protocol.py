@@ -188,6 +188,8 @@ def parse_header(raw: bytes) -> FrameHeader:
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and its fixed CRC
+JPEG_END = b"\xff\xd9"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not C4 (DHT), C8, CC (DAC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -281,9 +283,11 @@ def decode_frame(parts: list[bytes], limits: Limits) -> tuple[FrameHeader, np.nd
             f"{header.encoding} header states {stated[0]}x{stated[1]}, the frame header says {h}x{w}",
             ids,
         )
-    if header.encoding == "jpeg" and not payload.rstrip(b"\0").endswith(b"\xff\xd9"):
-        # libjpeg decodes a cut-off file with the missing rows filled grey (a warning, no error)
-        raise ProtocolError("undecodable_image", "jpeg payload is truncated (no end-of-image marker)", ids)
+    if not payload.rstrip(b"\0").endswith(PNG_END if header.encoding == "png" else JPEG_END):
+        # The decoders fill a cut-off file's missing rows (libjpeg with grey) and only warn.
+        raise ProtocolError(
+            "undecodable_image", f"{header.encoding} payload is truncated (no end-of-image marker)", ids
+        )
     try:
         decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
     except cv2.error as exc:
