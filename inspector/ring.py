@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,8 @@ def unlink_segment(name: str) -> None:
     """Remove a segment by name (idempotent); what a dead supervisor's workers call on their way out."""
     with contextlib.suppress(FileNotFoundError):
         shm = shared_memory.SharedMemory(name=name, create=False)
-        with contextlib.suppress(Exception):
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         shm.close()
-        shm.unlink()
+        shm.unlink()  # also unregisters it from this process's resource tracker
 
 
 def sweep_dead(base: Path = Path("/dev/shm")) -> list[str]:
@@ -67,12 +65,11 @@ class SlotRing:
         self.slots, self.height, self.width = slots, height, width
         size = slots * height * width + slots * 8
         self._owner = create
+        # Workers are spawned by the supervisor and share its resource tracker, so attaching (which
+        # registers the name again on Python < 3.13) is a no-op there; unregistering here would drop
+        # the supervisor's own registration and make its unlink print a KeyError traceback. If every
+        # process dies without unlinking, that shared tracker unlinks the segment as it exits.
         self.shm = shared_memory.SharedMemory(name=name, create=create, size=size)
-        if not create:
-            # Python < 3.13 registers attached segments with the resource tracker, which would
-            # unlink the creator's segment when this worker exits. The supervisor owns it.
-            with contextlib.suppress(Exception):  # best effort: only the tracker's bookkeeping
-                resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
         self.owner = np.ndarray((slots,), np.int64, buffer=self.shm.buf, offset=0)
         self.frames = np.ndarray((slots, height, width), np.uint8, buffer=self.shm.buf, offset=slots * 8)
         if create:

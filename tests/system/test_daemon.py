@@ -133,13 +133,18 @@ def test_inference_worker_sigkilled_midstream(tmp_path: Path, tiny_engines: Path
         died = [v for v in got.values() if v["verdict"] == "ERROR" and "worker died" in (v["reason"] or "")]
         assert died, kinds(list(got.values()))
         tail = [got[("cam0", i)]["verdict"] for i in range(1400, 1500)]
-        # The restarted worker inspects again: no ERROR or TIMEOUT at the end of the stream. A DROPPED
-        # there is ingest shedding a burst the 2 cores did not keep up with (overload, not a dead worker).
-        assert set(tail) <= {"PASS", "FAIL", "DROPPED"}, kinds([got[("cam0", i)] for i in range(1400, 1500)])
-        assert sum(v in ("PASS", "FAIL") for v in tail) >= 50, (
-            "the restarted worker should be inspecting again"
-        )
+        # No ERROR at the end of the stream: the dead worker's frames were answered long before. How
+        # many of the tail are inspected depends on how fast this machine is today (the rest are shed
+        # on arrival, DROPPED), so that is checked below with frames sent one at a time instead.
+        assert "ERROR" not in tail, kinds([got[("cam0", i)] for i in range(1400, 1500)])
         assert d.worker_pids()["inference"] != victim
+        for i in range(1500, 1510):  # paced: each frame waits for the previous verdict
+            d.send_frame(pool[i % len(pool)], i)
+            sent.append(("cam0", i))
+            d.wait_verdicts(len(sent), timeout=60)
+        got = assert_exactly_one(d.verdicts, sent)
+        paced = [got[("cam0", i)] for i in range(1500, 1510)]
+        assert {v["verdict"] for v in paced} <= {"PASS", "FAIL"}, kinds(paced)
     finally:
         assert d.stop() == 0
 
@@ -226,6 +231,8 @@ def test_sigterm_drains_and_leaves_nothing_behind(tmp_path: Path, tiny_engines: 
     for pid in workers.values():
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} left behind"
     assert _shm_segments() - before == set(), "shared memory segment left behind"
+    log = d.log_path.read_text()
+    assert "Traceback" not in log and "leaked" not in log, log[-3000:]  # e.g. from the resource tracker
     text = "\n".join(messages)
     assert "READY=1" in text and "WATCHDOG=1" in text and "STOPPING=1" in text, text
 

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import cv2
@@ -276,6 +276,7 @@ def test_sigkill_of_the_top_process_leaves_nothing_behind(tmp_path: Path, tiny_e
     dead.wait()
     stale = shared_memory.SharedMemory(name=f"inspector-{dead.pid}-0badc0ffee00", create=True, size=4096)
     stale.close()
+    resource_tracker.unregister(stale._name, "shared_memory")  # left for the daemon to sweep, not for us
     (runtime / f"inspector-{dead.pid}-x").mkdir()
     (runtime / f"inspector-{dead.pid}-x" / "settings.json").write_text("{}")
     before = _segments()
