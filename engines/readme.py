@@ -153,7 +153,10 @@ def bench_block(r: dict[str, Any]) -> str:
                 f"{_pct(d['timeout_share_of_admitted'])} | {_pct(d['dropped_share_of_sent'])} | {kinds} |"
             )
             if d["load_fraction"] > 1.0:
-                ok = d["goodput_vs_tight"] >= GOODPUT_TARGET and d["timeout_share_of_admitted"] <= TIMEOUT_TARGET
+                ok = (
+                    d["goodput_vs_tight"] >= GOODPUT_TARGET
+                    and d["timeout_share_of_admitted"] <= TIMEOUT_TARGET
+                )
                 verdicts.append(
                     f"{name} at {d['load_fraction']:g}x: goodput {_pct(d['goodput_vs_tight'])} of the tight loop, "
                     f"TIMEOUT {_pct(d['timeout_share_of_admitted'])} ({_met(ok)})"
