@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inspector import noise as nz  # noqa: E402
-from inspector.camera import synthetic_shots  # noqa: E402
-from inspector.listen import Listener  # noqa: E402
 from inspector.manifest import load_manifest  # noqa: E402
 from inspector.pipeline import Pipeline  # noqa: E402
+from inspector.tools.camera import synthetic_shots  # noqa: E402
+from inspector.tools.listen import Listener  # noqa: E402
 
 MIXES = {
     "line (clean 70%)": "clean=0.7,gaussian=0.1,salt_pepper=0.1,periodic=0.1",
@@ -58,7 +58,7 @@ def frames_for(mix: str, n: int, data: Path | None, seed: int = 5) -> list[np.nd
     if data is None:
         shots = synthetic_shots(seed, 0.3, nz.parse_mix(mix))
         return [next(shots).image for _ in range(n)]
-    from inspector.folder import FolderDataset, read_gray
+    from inspector.tools.folder import FolderDataset, read_gray
 
     ds = FolderDataset.scan(data, "test")
     weights = nz.parse_mix(mix)

@@ -299,7 +299,7 @@ def _check_arch(arch: str, checkpoint: Path) -> None:
 
 def rebuild(args: argparse.Namespace, command: str) -> None:
     """Verify the ONNX set, optionally quantize it, then build TensorRT plans where TensorRT and a GPU exist."""
-    from inspector.engines.tensorrt import TensorRTUnavailable
+    from inspector.backends.tensorrt import TensorRTUnavailable
     from inspector.manifest import load_manifest
 
     sets = [args.engines]
@@ -333,8 +333,8 @@ def rebuild(args: argparse.Namespace, command: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from engines.train import CheckpointError
-    from inspector.folder import DatasetError
     from inspector.manifest import ManifestError
+    from inspector.tools.folder import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)

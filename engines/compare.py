@@ -33,7 +33,7 @@ from engines.architectures import ARCHS
 from engines.data import load_split, synthetic_seed
 from engines.evaluate import MAIN_NOISY, batched, noisy_set
 from engines.profiles import get_profile
-from inspector.engines import open_engine
+from inspector.backends import open_engine
 from inspector.pipeline import Pipeline, softmax
 
 CONDITIONS = ("clean", "noisy without denoising", "noisy through the pipeline")

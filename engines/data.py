@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from inspector.folder import FolderDataset
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.folder import FolderDataset
+from inspector.tools.synthetic import ImpellerGenerator
 
 SPLIT_CODES = {"train": 11, "val": 22, "calib": 33, "test": 44, "mining": 55}
 

@@ -29,7 +29,7 @@ from engines.profiles import Profile, get_profile
 from engines.report import render_markdown
 from engines.train import STAGE_ARCH, load_checkpoint
 from inspector import noise as nz
-from inspector.engines import open_engine
+from inspector.backends import open_engine
 from inspector.manifest import InputSpec, Manifest, StageEntry, load_manifest, sha256_file, write_manifest
 from inspector.pipeline import Pipeline
 

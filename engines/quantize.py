@@ -44,7 +44,7 @@ def calibration_set(source: str, count: int, seed: int) -> np.ndarray:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     if not files:
         raise ValueError(f"no images to calibrate on under {str(root)!r}")
-    from inspector.folder import read_gray  # any images will do: no class folders needed
+    from inspector.tools.folder import read_gray  # any images will do: no class folders needed
 
     return np.stack([read_gray(p, 300) for p in files[:count]])
 

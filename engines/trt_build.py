@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from inspector.engines.tensorrt import TensorRTUnavailable, gpu_identity, plan_profiles_for
+from inspector.backends.tensorrt import TensorRTUnavailable, gpu_identity, plan_profiles_for
 from inspector.manifest import load_manifest, sha256_file
 
 WORKSPACE_BYTES = 1 << 30

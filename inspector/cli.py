@@ -182,14 +182,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"inspector: {exc}", file=sys.stderr)
         return 2
-    from inspector.supervisor import serve
+    from inspector.daemon.supervisor import serve
 
     return serve(s, args.config, args.overrides)
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
     from inspector import noise as nz
-    from inspector.camera import folder_shots, run_camera, synthetic_shots
+    from inspector.tools.camera import folder_shots, run_camera, synthetic_shots
 
     shots = (
         folder_shots(args.folder, args.seed)
@@ -206,10 +206,10 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector import noise as nz
-    from inspector.camera import folder_shots, run_camera, synthetic_shots
-    from inspector.folder import IMAGE_SUFFIXES
-    from inspector.listen import Listener
     from inspector.manifest import ManifestError, load_manifest
+    from inspector.tools.camera import folder_shots, run_camera, synthetic_shots
+    from inspector.tools.folder import IMAGE_SUFFIXES
+    from inspector.tools.listen import Listener
 
     try:
         manifest = load_manifest(args.engines)
@@ -342,13 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "camera":
         return cmd_camera(args)
     if args.cmd == "listen":
-        from inspector.listen import listen_forever
+        from inspector.tools.listen import listen_forever
 
         return listen_forever(args.endpoint, args.summary, duration=args.duration)
     if args.cmd == "demo":
         return cmd_demo(args)
     if args.cmd == "record":
-        from inspector.record import record
+        from inspector.tools.record import record
 
         r = record(args.endpoint, args.out, args.count, args.timeout)
         print(f"saved {r['saved']} frames to {r['out']}; skipped bad messages: {r['errors'] or 'none'}")

@@ -110,7 +110,9 @@ class RingConfig(_Section):
 
 class EnginesConfig(_Section):
     path: Path = Field(default=Path("engines/default"), description="engine set folder (with manifest.json)")
-    backend: str = Field(default="onnxruntime", description="engine backend (see inspector.engines.BACKENDS)")
+    backend: str = Field(
+        default="onnxruntime", description="engine backend (see inspector.backends.BACKENDS)"
+    )
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per engine; 0 = one per core"
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -158,3 +159,13 @@ def routes(salt_pepper: str, periodic: str) -> dict[str, str]:
             f"unknown periodic filter {periodic!r}; valid: {sorted([AUTOENCODER, *PERIODIC_FILTERS])}"
         )
     return {"gaussian": AUTOENCODER, "salt_pepper": salt_pepper, "periodic": periodic}
+
+
+def route_frames(table: dict[str, str], noise_idx: Any) -> list[str]:
+    """The one place a frame's route is decided: its denoiser's name from its noise class index.
+
+    The CPU pipeline and the CUDA-stream schedule both call this, so they cannot disagree.
+    """
+    from inspector.noise import NOISE_TYPES
+
+    return [table.get(NOISE_TYPES[int(i)], "none") for i in noise_idx]

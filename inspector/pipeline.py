@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, routes
-from inspector.engines import Engine, open_engine
+from inspector.backends import Engine, open_engine
+from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, route_frames, routes
 from inspector.manifest import Manifest, load_manifest
 from inspector.noise import NOISE_TYPES
 
@@ -107,7 +107,7 @@ class Pipeline:
     def denoise(self, frames: np.ndarray, noise_idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Route each frame to its denoiser; returns the frames to inspect and the denoiser names."""
         out = frames.copy()
-        names = [self.routes.get(NOISE_TYPES[i], "none") for i in noise_idx]
+        names = route_frames(self.routes, noise_idx)
         ae_idx = [i for i, name in enumerate(names) if name == AUTOENCODER]
         for i, name in enumerate(names):
             if name in CLASSICAL_FILTERS:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "engines" / "default"  # trained on the real photographs

@@ -172,7 +172,7 @@ def test_cli_wrong_checkpoint_for_stage(tiny_engines: Path, tmp_path: Path):
 
 
 def test_cli_trains_on_a_folder_dataset(tmp_path: Path):
-    from inspector.synthetic import ImpellerGenerator
+    from inspector.tools.synthetic import ImpellerGenerator
 
     g = ImpellerGenerator(seed=9)
     for split, n in (("train", 40), ("test", 12)):

@@ -13,10 +13,10 @@ import numpy as np
 import onnxruntime as ort
 
 from calibration.int8 import count_qdq, quantize_model
-from inspector.camera import run_camera, synthetic_shots
 from inspector.noise import parse_mix
-from inspector.record import record
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.camera import run_camera, synthetic_shots
+from inspector.tools.record import record
+from inspector.tools.synthetic import ImpellerGenerator
 
 
 def test_qdq_models_keep_the_spectrum_in_float_and_agree_with_float32(tiny_engines: Path, tmp_path: Path):

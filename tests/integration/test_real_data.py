@@ -24,7 +24,7 @@ from engines.dedup import (
     near_duplicate_groups,
     same_part_score,
 )
-from inspector.folder import FolderDataset, read_gray
+from inspector.tools.folder import FolderDataset, read_gray
 from tests.conftest import SHIPPED
 
 pytestmark = pytest.mark.slow

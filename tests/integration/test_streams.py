@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from inspector import noise as nz
-from inspector.engines.streams import Op, SimulatedExecutor, StreamScheduler
 from inspector.pipeline import Pipeline
-from inspector.synthetic import ImpellerGenerator
+from inspector.streams import Op, SimulatedExecutor, StreamScheduler
+from inspector.tools.synthetic import ImpellerGenerator
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_deadlock_is_reported():
 
 def test_streamed_pipeline_is_a_drop_in_for_the_pipeline(tiny_engines: Path, batches):
     """What the inference worker runs on TensorRT (cuda_streams), here on the CPU executor."""
-    from inspector.engines.streams import StreamedPipeline
+    from inspector.streams import StreamedPipeline
 
     pipe = Pipeline.from_manifest(tiny_engines)
     ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=5)
@@ -138,7 +138,7 @@ def test_streamed_pipeline_is_a_drop_in_for_the_pipeline(tiny_engines: Path, bat
 def test_streamed_pipeline_routes_every_denoiser_like_the_pipeline(batches):
     """Stand-in engines that spread frames over all four noise types: the host-side sinusoid fit
     (uploaded into its slot), the device median and the autoencoder all run, as in Pipeline.run."""
-    from inspector.engines.streams import StreamedPipeline
+    from inspector.streams import StreamedPipeline
 
     pipe = Pipeline({s: _StatEngine(s) for s in ("noise", "denoise", "defect")}, threshold=0.5)
     seen = set()
@@ -155,8 +155,8 @@ def test_streamed_pipeline_routes_every_denoiser_like_the_pipeline(batches):
 
 
 def test_batch_runner_keeps_one_batch_in_flight_and_answers_every_batch_once(tiny_engines: Path, batches):
-    from inspector.engines.streams import StreamedPipeline
     from inspector.pipeline import BatchRunner
+    from inspector.streams import StreamedPipeline
 
     ref = Pipeline.from_manifest(tiny_engines)
     pipe = Pipeline.from_manifest(tiny_engines)

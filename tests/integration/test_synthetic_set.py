@@ -10,7 +10,7 @@ import pytest
 from inspector import noise as nz
 from inspector.manifest import load_manifest
 from inspector.pipeline import Pipeline
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 from tests.conftest import SYNTHETIC as SHIPPED
 
 pytestmark = pytest.mark.skipif(

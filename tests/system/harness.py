@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from inspector.listen import Listener
 from inspector.protocol import encode_frame
+from inspector.tools.listen import Listener
 
 
 def children(pid: int) -> list[int]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from inspector import noise as nz
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 from tests.system.harness import Daemon, assert_exactly_one, kinds, rss_mb
 
 pytestmark = pytest.mark.slow

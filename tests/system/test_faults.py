@@ -28,7 +28,7 @@ import pytest
 
 from inspector import noise as nz
 from inspector.manifest import sha256_file
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 from tests.system.harness import Daemon, assert_exactly_one, kinds, rss_mb
 
 pytestmark = pytest.mark.slow

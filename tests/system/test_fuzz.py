@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inspector.protocol import encode_frame
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 from tests.system.harness import Daemon, rss_mb
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ import pytest
 
 from inspector import noise as nz
 from inspector.denoise import adaptive_median, find_sinusoids, median3, routes, sinusoid_fit
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.synthetic import ImpellerGenerator
 
 
 def _psnr(a, b):

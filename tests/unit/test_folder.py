@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.folder import DatasetError, FolderDataset, class_of, read_gray
+from inspector.tools.folder import DatasetError, FolderDataset, class_of, read_gray
 
 
 def _write(path, value=100, size=300):

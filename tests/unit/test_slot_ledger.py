@@ -13,7 +13,7 @@ from collections import deque
 
 import pytest
 
-from inspector.workers.publisher import SlotLedger
+from inspector.daemon.workers.publisher import SlotLedger
 
 
 def test_reseed_then_stale_free_does_not_list_a_slot_twice():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from inspector.synthetic import DEFECT_KINDS, FRAME_SIZE, ImpellerGenerator
+from inspector.tools.synthetic import DEFECT_KINDS, FRAME_SIZE, ImpellerGenerator
 
 
 def test_frames_are_300x300_uint8_and_in_range():

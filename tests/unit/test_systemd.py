@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inspector.systemd import Notifier
+from inspector.daemon.systemd import Notifier
 
 REPO = Path(__file__).resolve().parents[2]
 

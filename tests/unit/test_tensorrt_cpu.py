@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from inspector.engines import EngineError, open_engine
-from inspector.engines.tensorrt import TensorRTUnavailable, check_plans, plan_profiles_for, select_profile
+from inspector.backends import EngineError, open_engine
+from inspector.backends.tensorrt import TensorRTUnavailable, check_plans, plan_profiles_for, select_profile
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
 
@@ -54,7 +54,7 @@ def test_tensorrt_plans_match_onnxruntime(tiny_engines):  # pragma: no cover - G
 
     from engines.trt_build import build_set
     from inspector.pipeline import Pipeline
-    from inspector.synthetic import ImpellerGenerator
+    from inspector.tools.synthetic import ImpellerGenerator
 
     build_set(tiny_engines, max_batch=8)
     frames = ImpellerGenerator(seed=2).batch(0, 8)[0]

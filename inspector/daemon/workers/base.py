@@ -112,7 +112,7 @@ class Worker:
         Every worker does this on its way out; unlinking is idempotent and safe while others still
         have the segment mapped.
         """
-        from inspector.ring import unlink_segment
+        from inspector.daemon.ring import unlink_segment
 
         unlink_segment(self.spec.ring_name)
         shutil.rmtree(self.spec.runtime_dir, ignore_errors=True)
@@ -127,32 +127,6 @@ class Worker:
 
     def teardown(self) -> None:
         raise NotImplementedError
-
-
-def verdict_msg(
-    ticket: int,
-    slot: int | None,
-    meta: dict[str, Any],
-    t_recv: int,
-    verdict: str,
-    reason: str | None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The internal message that carries one frame's verdict to the publisher.
-
-    ``extra`` carries ``gen`` (the ingest generation that owns the slot) and ``deadline`` (monotonic
-    ns) when the frame had them, plus the inspection results.
-    """
-    return {
-        "kind": "verdict",
-        "ticket": ticket,
-        "slot": slot,
-        "meta": meta,
-        "t_recv": t_recv,
-        "verdict": verdict,
-        "reason": reason,
-        **extra,
-    }
 
 
 def read_settings(path: str) -> Settings:

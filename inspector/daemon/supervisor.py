@@ -39,14 +39,15 @@ import zmq
 
 from inspector import logs
 from inspector.config import ConfigError, Settings, load_settings
+from inspector.daemon.messages import CONTROL, Reseed, Stop, WorkerDied
+from inspector.daemon.systemd import Notifier
+from inspector.daemon.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, now_ns, run_worker
 from inspector.manifest import load_manifest
-from inspector.systemd import Notifier
-from inspector.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, now_ns, run_worker
 
 WORKERS = {
-    "publisher": "inspector.workers.publisher:PublisherWorker",
-    "inference": "inspector.workers.inference:InferenceWorker",
-    "ingest": "inspector.workers.ingest:IngestWorker",
+    "publisher": "inspector.daemon.workers.publisher:PublisherWorker",
+    "inference": "inspector.daemon.workers.inference:InferenceWorker",
+    "ingest": "inspector.daemon.workers.ingest:IngestWorker",
 }
 
 
@@ -97,13 +98,13 @@ class Supervisor:
         self._sweep(base_dir)
         # The pid in the names lets the next start sweep what a SIGKILLed daemon left behind.
         self.runtime_dir = Path(tempfile.mkdtemp(prefix=f"inspector-{os.getpid()}-", dir=base_dir))
-        from inspector import metrics
+        from inspector.daemon import metrics
 
         metrics.use_directory(self.runtime_dir / "metrics")
         (self.runtime_dir / "metrics").mkdir()
         self.settings_file = self.runtime_dir / "settings.json"
         self._write_settings(s)
-        from inspector.ring import SlotRing
+        from inspector.daemon.ring import SlotRing
 
         self.ring = SlotRing.create(s.ring.slots, *self.frame_size)
         self.ctx = mp.get_context("spawn")
@@ -125,7 +126,7 @@ class Supervisor:
         self.zctx: zmq.Context[Any] = zmq.Context()
         self.control = self.zctx.socket(zmq.PUSH)
         self.control.setsockopt(zmq.LINGER, 1000)
-        self.control.connect(endpoint(str(self.runtime_dir), "results"))
+        self.control.connect(endpoint(str(self.runtime_dir), "control"))
         self.m = metrics.get()
         metrics.prime()
         if s.metrics.enabled:
@@ -150,7 +151,7 @@ class Supervisor:
 
     def _sweep(self, base_dir: Path) -> None:
         """Remove the ring segments and runtime folders of daemons that died without cleaning up."""
-        from inspector.ring import _alive, sweep_dead
+        from inspector.daemon.ring import _alive, sweep_dead
 
         removed = sweep_dead()
         for d in base_dir.glob("inspector-*-*"):
@@ -321,7 +322,7 @@ class Supervisor:
             if p.is_alive():
                 continue
             self.log.error("worker died", worker=role, pid=p.pid, exitcode=p.exitcode)
-            from inspector import metrics
+            from inspector.daemon import metrics
 
             metrics.mark_dead(p.pid)
             if role == "publisher":
@@ -339,7 +340,7 @@ class Supervisor:
             self.m.restarts.labels(role).inc()
             if role == "inference":
                 self.shared.ready.value = 0
-                self.control.send_pyobj({"kind": "worker_died", "role": role})
+                CONTROL.send(self.control, WorkerDied(role))
                 self._spawn("inference")
                 # Waited for in later turns of the loop (the watchdog keeps being fed meanwhile).
                 self.restarting = ("inference", time.monotonic() + self.settings.supervisor.ready_timeout_s)
@@ -347,7 +348,7 @@ class Supervisor:
                 self.shared.ingest_gen.value += 1
                 self.shared.ingest_ready.value = 0
                 self._spawn("ingest")
-                self.control.send_pyobj({"kind": "reseed", "gen": int(self.shared.ingest_gen.value)})
+                CONTROL.send(self.control, Reseed(int(self.shared.ingest_gen.value)))
         return True
 
     def reload(self) -> None:
@@ -413,7 +414,7 @@ class Supervisor:
                 shared.stop[STOP_INDEX[role]] = 1
             p.join(timeout)
         if "publisher" in self.procs and self.procs["publisher"].is_alive():
-            self.control.send_pyobj({"kind": "stop"})
+            CONTROL.send(self.control, Stop())
             self.procs["publisher"].join(timeout)
         for role, p in self.procs.items():
             if p.is_alive():

@@ -30,8 +30,8 @@ class Engine(Protocol):
 
 # Backend name -> "module:Class". Explicit: an unknown name is an error listing these.
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "inspector.engines.onnxruntime:OnnxRuntimeEngine",
-    "tensorrt": "inspector.engines.tensorrt:TensorRTEngine",
+    "onnxruntime": "inspector.backends.onnxruntime:OnnxRuntimeEngine",
+    "tensorrt": "inspector.backends.tensorrt:TensorRTEngine",
 }
 
 

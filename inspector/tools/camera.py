@@ -12,9 +12,9 @@ import numpy as np
 import zmq
 
 from inspector import noise as nz
-from inspector.folder import IMAGE_SUFFIXES, class_of, read_gray
 from inspector.protocol import encode_frame
-from inspector.synthetic import ImpellerGenerator
+from inspector.tools.folder import IMAGE_SUFFIXES, class_of, read_gray
+from inspector.tools.synthetic import ImpellerGenerator
 
 
 @dataclass(frozen=True)

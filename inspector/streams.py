@@ -1,7 +1,7 @@
 """The pipelined stream loop of the GPU path, as a schedule of device operations.
 
 The scheduler decides *what* runs on which stream and which event orders it;
-an executor decides *how*. The pycuda executor (``inspector.engines.tensorrt``)
+an executor decides *how*. The pycuda executor (``inspector.backends.tensorrt``)
 turns each operation into an async copy, an ``execute_async_v3`` or a kernel
 launch on a CUDA stream; :class:`SimulatedExecutor` runs the very same
 schedule on the CPU with numpy buffers and ONNX Runtime engines, executing the
@@ -34,8 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, adaptive_median, routes
-from inspector.noise import NOISE_TYPES
+from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, adaptive_median, route_frames, routes
 from inspector.pipeline import FrameResult, Pipeline, check_frames, softmax
 
 
@@ -103,7 +102,7 @@ class StreamScheduler:
         probs = softmax(self.x.host(f"noise{b}")[:count])
         ids, conf = probs.argmax(axis=1), probs.max(axis=1)
         frames = self.frames.pop(n)
-        names = [self.route.get(NOISE_TYPES[i], "none") for i in ids]
+        names = route_frames(self.route, ids)
         ae = [i for i, name in enumerate(names) if name == AUTOENCODER]
         for j, i in enumerate(ae):
             sub(Op(k, "d2d", {"src": f"d_in{b}", "src_i": i, "dst": f"d_ae_in{b}", "dst_i": j}))
@@ -132,7 +131,7 @@ class StreamedPipeline:
     """A :class:`~inspector.pipeline.Pipeline` whose three stages run as one stream schedule.
 
     Same contract as ``Pipeline.run`` (the inference worker uses either): the
-    schedule above on ``executor`` - :class:`~inspector.engines.tensorrt.PycudaExecutor`
+    schedule above on ``executor`` - :class:`~inspector.backends.tensorrt.PycudaExecutor`
     on a GPU, :class:`SimulatedExecutor` in the CPU tests. Per-stage host
     timings do not exist on a stream (the stages overlap on the device), so
     each result carries the batch's wall time under ``"streams"``.

@@ -6,6 +6,6 @@ rest of the runtime imports cleanly on a machine without them.
 
 from __future__ import annotations
 
-from inspector.engines.base import BACKENDS, Engine, EngineError, open_engine
+from inspector.backends.base import BACKENDS, Engine, EngineError, open_engine
 
 __all__ = ["BACKENDS", "Engine", "EngineError", "open_engine"]

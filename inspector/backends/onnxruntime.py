@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inspector.engines.base import EngineError
+from inspector.backends.base import EngineError
 
 
 class OnnxRuntimeEngine:

@@ -5,22 +5,23 @@ Per message, exactly one of:
 - no free ring slot, or the inference queue full -> a DROPPED verdict
   (drop policy: the arriving frame is shed, frames already queued keep their
   place, so latency stays bounded under overload);
-- accepted -> an ``accepted`` note to the publisher (so it can answer for the
-  frame if inference dies) and a job to the inference worker.
+- accepted -> an :class:`Accepted` note to the publisher (so it can answer for the
+  frame if inference dies; sent first, on the same socket as any reject) and a
+  :class:`Job` to the inference worker.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import cv2
 import zmq
 
-from inspector import metrics
+from inspector.daemon import metrics
+from inspector.daemon.messages import FREE, JOBS, RESULTS, Accepted, FrameIds, Job, Outcome, SeedSlots
+from inspector.daemon.ring import SlotRing
+from inspector.daemon.workers.base import Worker, endpoint, now_ns, read_settings
 from inspector.protocol import Limits, ProtocolError, Verdict, decode_frame
-from inspector.ring import SlotRing
-from inspector.workers.base import Worker, endpoint, now_ns, read_settings, verdict_msg
 
 
 class IngestWorker(Worker):
@@ -74,34 +75,44 @@ class IngestWorker(Worker):
         )
 
     def _take_free(self) -> None:
-        # ("reseed", gen, slots) replaces the free list; ("free", gen, slots) adds to it. Messages of
+        # SeedSlots replaces the free list; FreeSlots adds to it. Messages of
         # another ingest generation, or frees before this generation's reseed, are ignored: the reseed
         # already counts those slots, and taking them twice would put two frames in one slot.
         while True:
             try:
-                kind, gen, slots = self.free.recv_pyobj(zmq.NOBLOCK)
+                msg = FREE.recv(self.free, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if gen != self.gen:
+            if msg.gen != self.gen:
                 continue
-            if kind == "reseed":
-                self.free_slots = list(slots)
+            if isinstance(msg, SeedSlots):
+                self.free_slots = list(msg.slots)
                 self.seeded = True
                 self.shared.ingest_ready.value = 1
             elif self.seeded:
-                self.free_slots.extend(slots)
+                self.free_slots.extend(msg.slots)
 
     def _reject(
         self,
         ticket: int,
-        meta: dict[str, Any],
+        ids: FrameIds,
         t_recv: int,
         verdict: Verdict,
         reason: str,
         slot: int | None = None,
     ) -> None:
-        extra = {"gen": self.gen} if slot is not None else {}
-        self.results.send_pyobj(verdict_msg(ticket, slot, meta, t_recv, verdict.value, reason, **extra))
+        RESULTS.send(
+            self.results,
+            Outcome(
+                ticket=ticket,
+                verdict=verdict.value,
+                reason=reason,
+                t_recv=t_recv,
+                slot=slot,
+                gen=self.gen if slot is not None else None,
+                ids=ids,
+            ),
+        )
 
     def run_loop(self) -> bool:
         if self.stop_requested:
@@ -144,7 +155,7 @@ class IngestWorker(Worker):
             self.log.error("frame handling failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
             self._reject(
                 ticket,
-                {},
+                FrameIds(),
                 t_recv,
                 Verdict.ERROR,
                 f"internal_error: {type(exc).__name__} while reading the frame",
@@ -156,9 +167,9 @@ class IngestWorker(Worker):
         except ProtocolError as exc:
             self.m.input_errors.labels(exc.reason).inc()
             self._log_bad(exc)
-            self._reject(ticket, exc.header, t_recv, Verdict.ERROR, f"{exc.reason}: {exc.detail}")
+            self._reject(ticket, FrameIds(**exc.header), t_recv, Verdict.ERROR, f"{exc.reason}: {exc.detail}")
             return
-        meta = header.model_dump(include={"camera_id", "frame_id", "encoder", "ts_ns"})
+        meta = FrameIds(header.camera_id, header.frame_id, header.encoder, header.ts_ns)
         b = self.settings.batching
         deadline = t_recv + int(b.deadline_ms * 1e6)
         age = self.settings.ingest.max_age_ms
@@ -210,25 +221,16 @@ class IngestWorker(Worker):
                 return
         slot = self._slot = self.free_slots.pop()
         self.ring.write(slot, ticket, img)
-        job = (ticket, slot, meta, t_recv, deadline, self.gen)
+        # The publisher hears of the frame before inference can answer it (same socket as any reject).
+        RESULTS.send(
+            self.results,
+            Accepted(ticket=ticket, slot=slot, gen=self.gen, t_recv=t_recv, deadline=deadline, ids=meta),
+        )
+        self._slot = None  # from here the publisher frees it, with the verdict
         try:
-            self.jobs.send_pyobj(job, zmq.NOBLOCK)
+            JOBS.send(self.jobs, Job(ticket, slot, self.gen, t_recv, deadline), zmq.NOBLOCK)
         except zmq.Again:
             self._drop(ticket, meta, t_recv, "queue_full", "inference queue full", slot)
-            self._slot = None  # the publisher frees it with the verdict
-            return
-        self._slot = None
-        self.results.send_pyobj(
-            {
-                "kind": "accepted",
-                "ticket": ticket,
-                "slot": slot,
-                "gen": self.gen,
-                "meta": meta,
-                "t_recv": t_recv,
-                "deadline": deadline,
-            }
-        )
 
     def _in_flight(self) -> int:
         """Frames in the ring ahead of an arriving one (queued, in inference, or awaiting publication)."""
@@ -247,7 +249,7 @@ class IngestWorker(Worker):
         return (self._in_flight() + 1 + b.max_batch) * per_frame + int(b.max_delay_ms * 1e6)
 
     def _drop(
-        self, ticket: int, meta: dict[str, Any], t_recv: int, reason: str, why: str, slot: int | None = None
+        self, ticket: int, meta: FrameIds, t_recv: int, reason: str, why: str, slot: int | None = None
     ) -> None:
         self.m.drops.labels(reason).inc()
         self._log_drop(reason, meta)
@@ -268,12 +270,17 @@ class IngestWorker(Worker):
                 "bad input", reason=exc.reason, detail=exc.detail[:200], count=self.bad, **exc.header
             )
 
-    def _log_drop(self, reason: str, meta: dict[str, Any]) -> None:
+    def _log_drop(self, reason: str, meta: FrameIds) -> None:
         # Overload can mean thousands of drops a second: log the first and then one in a hundred.
         self.drops += 1
         if self.drops % 100 == 1:
             self.log.warning(
-                "overload: frame dropped", reason=reason, drops=self.drops, seeded=self.seeded, **meta
+                "overload: frame dropped",
+                reason=reason,
+                drops=self.drops,
+                seeded=self.seeded,
+                camera_id=meta.camera_id,
+                frame_id=meta.frame_id,
             )
 
     def teardown(self) -> None:

@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from inspector import metrics
 from inspector.config import Settings
+from inspector.daemon import metrics
+from inspector.daemon.messages import JOBS, RESULTS, Inspection, Job, Outcome
+from inspector.daemon.workers.base import Worker, endpoint, now_ns
 from inspector.pipeline import BatchRunner, Pipeline
 from inspector.protocol import Verdict
-from inspector.synthetic import ImpellerGenerator
-from inspector.workers.base import Worker, endpoint, now_ns, verdict_msg
-
-Job = tuple[int, int, dict[str, Any], int, int, int]
+from inspector.tools.synthetic import ImpellerGenerator
 
 
 def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
@@ -46,7 +45,7 @@ def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
         e.path, backend=e.backend, threshold=e.threshold, intra_op_threads=e.intra_op_threads
     )
     if e.backend == "tensorrt" and e.cuda_streams:
-        from inspector.engines.tensorrt import streamed_pipeline
+        from inspector.backends.tensorrt import streamed_pipeline
 
         try:
             return streamed_pipeline(pipe, settings.batching.max_batch, frame)
@@ -60,7 +59,7 @@ class InferenceWorker(Worker):
     role = "inference"
 
     def setup(self) -> None:
-        from inspector.ring import SlotRing
+        from inspector.daemon.ring import SlotRing
 
         self.m = metrics.get()
         self.ring = SlotRing.attach(self.spec.ring_name, self.spec.ring_slots, *self.spec.frame_size)
@@ -164,17 +163,17 @@ class InferenceWorker(Worker):
             ready: list[Job] = []
             while len(ready) < b.max_batch:
                 try:
-                    ready.append(self.jobs.recv_pyobj(zmq.NOBLOCK))
+                    ready.append(JOBS.recv(self.jobs, zmq.NOBLOCK))
                 except zmq.Again:
                     break
             return ready
         if not self.jobs.poll(50):
             return []
-        batch: list[Job] = [self.jobs.recv_pyobj()]
-        flush_at = batch[0][3] + int(b.max_delay_ms * 1e6)
+        batch: list[Job] = [JOBS.recv(self.jobs)]
+        flush_at = batch[0].t_recv + int(b.max_delay_ms * 1e6)
         while len(batch) < b.max_batch:
             try:
-                batch.append(self.jobs.recv_pyobj(zmq.NOBLOCK))
+                batch.append(JOBS.recv(self.jobs, zmq.NOBLOCK))
                 continue
             except zmq.Again:
                 pass
@@ -184,14 +183,19 @@ class InferenceWorker(Worker):
             self.jobs.poll(math.ceil(wait_ms))
         return batch
 
-    def _send(
-        self, job: Job, verdict: Verdict, reason: str | None, extra: dict[str, Any] | None = None
-    ) -> None:
-        ticket, slot, meta, t_recv, deadline, gen = job
-        self.results.send_pyobj(
-            verdict_msg(
-                ticket, slot, meta, t_recv, verdict.value, reason, gen=gen, deadline=deadline, **(extra or {})
-            )
+    def _send(self, job: Job, verdict: Verdict, reason: str | None, found: Inspection | None = None) -> None:
+        RESULTS.send(
+            self.results,
+            Outcome(
+                ticket=job.ticket,
+                verdict=verdict.value,
+                reason=reason,
+                t_recv=job.t_recv,
+                slot=job.slot,
+                gen=job.gen,
+                deadline=job.deadline,
+                inspection=found,
+            ),
         )
 
     def run_loop(self) -> bool:
@@ -211,18 +215,18 @@ class InferenceWorker(Worker):
         t_expected = t_start + self.per_frame_ns * len(batch)
         live: list[Job] = []
         for job in batch:
-            if job[5] != ingest_gen:
+            if job.gen != ingest_gen:
                 self._send(job, Verdict.ERROR, "ingest worker restarted before this frame was inspected")
-            elif t_start > job[4]:
+            elif t_start > job.deadline:
                 self.m.timeouts.labels("queue").inc()
                 self._send(job, Verdict.TIMEOUT, "deadline passed while queued")
-            elif t_expected > job[4]:
+            elif t_expected > job.deadline:
                 self.m.timeouts.labels("predicted").inc()
                 self._send(job, Verdict.TIMEOUT, "deadline would pass during inference; not inspected")
             else:
                 live.append(job)
         if live:
-            frames, intact = self.ring.read([j[1] for j in live], [j[0] for j in live])
+            frames, intact = self.ring.read([j.slot for j in live], [j.ticket for j in live])
             if not intact.all():
                 for job, ok in zip(live, intact, strict=True):
                     if not ok:
@@ -257,20 +261,20 @@ class InferenceWorker(Worker):
         for stage, ms in stage_ms.items():
             self.m.stage_ms.labels(stage).observe(ms)
         for job, r in zip(live, results, strict=True):
-            extra = {
-                "defect_score": r.score,
-                "threshold": r.threshold,
-                "noise_type": r.noise_type,
-                "noise_confidence": r.noise_confidence,
-                "denoiser": r.denoiser,
-                "latency_ms": {"queue": (t_start - job[3]) / 1e6, **stage_ms},
-                "model_version": self.model_version,
-            }
-            if t_done > job[4]:
+            found = Inspection(
+                defect_score=r.score,
+                threshold=r.threshold,
+                noise_type=r.noise_type,
+                noise_confidence=r.noise_confidence,
+                denoiser=r.denoiser,
+                latency_ms={"queue": (t_start - job.t_recv) / 1e6, **stage_ms},
+                model_version=self.model_version,
+            )
+            if t_done > job.deadline:
                 self.m.timeouts.labels("inference").inc()
-                self._send(job, Verdict.TIMEOUT, "deadline passed during inference", extra)
+                self._send(job, Verdict.TIMEOUT, "deadline passed during inference", found)
             else:
-                self._send(job, Verdict.FAIL if r.defective else Verdict.PASS, None, extra)
+                self._send(job, Verdict.FAIL if r.defective else Verdict.PASS, None, found)
 
     def teardown(self) -> None:
         # Drain: whatever is still queued is answered before exit (the supervisor stopped ingest first).

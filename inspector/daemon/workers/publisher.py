@@ -15,14 +15,26 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from typing import Any
 
 import zmq
 
-from inspector import metrics
+from inspector.daemon import metrics
+from inspector.daemon.messages import (
+    CONTROL,
+    FREE,
+    RESULTS,
+    Accepted,
+    FrameIds,
+    FreeSlots,
+    Outcome,
+    Reseed,
+    SeedSlots,
+    Stop,
+    WorkerDied,
+)
+from inspector.daemon.workers.base import Worker, endpoint, now_ns, read_settings
 from inspector.manifest import load_manifest
 from inspector.protocol import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_VERDICT, Verdict, encode_message
-from inspector.workers.base import Worker, endpoint, now_ns, read_settings
 
 ANSWERED_MEMORY = 1 << 18  # tickets remembered as answered, to drop stale duplicates
 LATENCY_KEYS = ("queue", "noise", "denoise", "defect", "total")
@@ -78,17 +90,23 @@ class PublisherWorker(Worker):
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.bind(endpoint(rd, "results"))
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(endpoint(rd, "control"))
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
         self.free = self.ctx.socket(zmq.PUSH)
         self.free.setsockopt(zmq.LINGER, 1000)
         self.free.connect(endpoint(rd, "free"))
         self.gen = int(self.shared.ingest_gen.value)
         self.ledger = SlotLedger(self.spec.ring_slots, self.gen)
-        self.backlog: list[tuple[str, int, list[int]]] = [
-            ("reseed", self.gen, list(range(self.spec.ring_slots)))
-        ]
+        self.backlog: list[SeedSlots | FreeSlots] = [SeedSlots(self.gen, list(range(self.spec.ring_slots)))]
         self.model_version = self.spec.model_version
         self.reload_seen = int(self.shared.reload_done.value)
-        self.pending: dict[int, dict[str, Any]] = {}
+        self.pending: dict[int, Accepted] = {}
+        # Outcomes that overtook their Accepted note (two senders into one socket are not ordered).
+        self.early: dict[int, tuple[Outcome, float]] = {}
         self.answered: OrderedDict[int, None] = OrderedDict()
         self.seq = 0
         self.duplicates = 0
@@ -101,13 +119,20 @@ class PublisherWorker(Worker):
     def run_loop(self) -> bool:
         if self.shared.reload_done.value != self.reload_seen:
             self._reloaded()
-        if self.inbox.poll(20):
+        events = dict(self.poller.poll(20))
+        if self.inbox in events:
             for _ in range(1024):
                 try:
-                    msg = self.inbox.recv_pyobj(zmq.NOBLOCK)
+                    self.handle(RESULTS.recv(self.inbox, zmq.NOBLOCK))
                 except zmq.Again:
                     break
-                if not self.handle(msg):
+        if self.control in events:
+            while True:
+                try:
+                    msg = CONTROL.recv(self.control, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if not self.command(msg):
                     return False
         self.flush_free()
         now = time.monotonic()
@@ -120,90 +145,92 @@ class PublisherWorker(Worker):
         self.m.queue.labels("pending").set(len(self.pending))
         return True
 
-    def handle(self, msg: dict[str, Any]) -> bool:
-        kind = msg["kind"]
-        if kind == "accepted":
-            if msg["ticket"] not in self.answered:
-                self.pending[msg["ticket"]] = msg
-        elif kind == "verdict":
+    def handle(self, msg: Accepted | Outcome) -> None:
+        if isinstance(msg, Accepted):
+            if msg.ticket in self.answered:
+                return
+            self.pending[msg.ticket] = msg
+            early = self.early.pop(msg.ticket, None)
+            if early is not None:
+                self.publish(early[0])
+        elif msg.ids is None and msg.ticket not in self.pending and msg.ticket not in self.answered:
+            self.early[msg.ticket] = (msg, time.monotonic())  # its Accepted note is still on the way
+        else:
             self.publish(msg)
-        elif kind == "worker_died":
-            self.log.error("answering for frames in flight", role=msg["role"], pending=len(self.pending))
-            for p in list(self.pending.values()):
-                self.publish(
-                    {
-                        **p,
-                        "kind": "verdict",
-                        "verdict": Verdict.ERROR.value,
-                        "reason": f"{msg['role']} worker died; frame not inspected",
-                    }
-                )
-        elif kind == "reseed":
+
+    def command(self, msg: WorkerDied | Reseed | Stop) -> bool:
+        """A control message from the supervisor; False when the publisher is to finish."""
+        if isinstance(msg, WorkerDied):
+            self.log.error("answering for frames in flight", role=msg.role, pending=len(self.pending))
+            self._answer_all(f"{msg.role} worker died; frame not inspected")
+        elif isinstance(msg, Reseed):
             # A new ingest worker: every slot not held by a pending frame is free, under the new generation.
-            self.gen = msg["gen"]
-            free = self.ledger.reseed(
-                self.gen, {t: (p["slot"], p.get("gen", -1)) for t, p in self.pending.items()}
-            )
-            self.backlog = [("reseed", self.gen, free)]
+            self.gen = msg.gen
+            free = self.ledger.reseed(self.gen, {t: (a.slot, a.gen) for t, a in self.pending.items()})
+            self.backlog = [SeedSlots(self.gen, free)]
             self.flush_free()
-        elif kind == "stop":
-            for p in list(self.pending.values()):
-                self.publish(
-                    {
-                        **p,
-                        "kind": "verdict",
-                        "verdict": Verdict.ERROR.value,
-                        "reason": "daemon shut down before this frame was inspected",
-                    }
-                )
+        elif isinstance(msg, Stop):
+            self._answer_all("daemon shut down before this frame was inspected")
+            for outcome, _t in list(self.early.values()):
+                self.publish(outcome)
             return False
         return True
 
-    def publish(self, msg: dict[str, Any]) -> None:
-        ticket = msg["ticket"]
+    def _answer_all(self, reason: str) -> None:
+        for a in list(self.pending.values()):
+            self.publish(
+                Outcome(ticket=a.ticket, verdict=Verdict.ERROR.value, reason=reason, t_recv=a.t_recv)
+            )
+
+    def publish(self, msg: Outcome) -> None:
+        ticket = msg.ticket
         if ticket in self.answered:
             self.duplicates += 1
             return
-        pend = self.pending.pop(ticket, None) or {}
-        slot = msg.get("slot") if msg.get("slot") is not None else pend.get("slot")
-        gen = msg.get("gen", pend.get("gen"))
-        deadline = msg.get("deadline", pend.get("deadline"))
+        acc = self.pending.pop(ticket, None)
+        self.early.pop(ticket, None)
+        slot = msg.slot if msg.slot is not None else (acc.slot if acc else None)
+        gen = msg.gen if msg.gen is not None else (acc.gen if acc else None)
+        deadline = msg.deadline if msg.deadline is not None else (acc.deadline if acc else None)
+        ids = msg.ids or (acc.ids if acc else None) or FrameIds()
         self.answered[ticket] = None
         if len(self.answered) > ANSWERED_MEMORY:
             self.answered.popitem(last=False)
-        verdict = Verdict(msg["verdict"])
-        reason = msg.get("reason")
+        verdict = Verdict(msg.verdict)
+        reason = msg.reason
         t_pub = now_ns()
         if verdict in (Verdict.PASS, Verdict.FAIL) and deadline is not None and t_pub > deadline:
             # The last hand on a verdict before it leaves: never a late PASS, whatever delayed it.
             self.m.timeouts.labels("late").inc()
             reason = f"deadline passed before publication ({verdict.value} decided {(t_pub - deadline) / 1e6:.0f} ms too late)"
             verdict = Verdict.TIMEOUT
-        total_ms = (t_pub - msg["t_recv"]) / 1e6
-        stages = msg.get("latency_ms") or {}
+        if ids == FrameIds() and verdict is Verdict.PASS:
+            verdict, reason = Verdict.ERROR, "frame identity lost (ingest died before announcing it)"
+        total_ms = (t_pub - msg.t_recv) / 1e6
+        found = msg.inspection
+        stages = found.latency_ms if found else {}
         latency = {k: stages.get(k) for k in LATENCY_KEYS}
         latency["total"] = total_ms
-        meta = msg.get("meta") or {}
         self.seq += 1
         body = {
             "type": "verdict",
             "v": PROTOCOL_VERSION,
             "seq": self.seq,
             "daemon_id": self.settings.daemon_id,
-            "camera_id": meta.get("camera_id"),
-            "frame_id": meta.get("frame_id"),
-            "encoder": meta.get("encoder"),
-            "ts_ns": meta.get("ts_ns"),
+            "camera_id": ids.camera_id,
+            "frame_id": ids.frame_id,
+            "encoder": ids.encoder,
+            "ts_ns": ids.ts_ns,
             "verdict": verdict.value,
             "reject": verdict.reject,
             "reason": reason,
-            "defect_score": msg.get("defect_score"),
-            "threshold": msg.get("threshold"),
-            "noise_type": msg.get("noise_type"),
-            "noise_confidence": msg.get("noise_confidence"),
-            "denoiser": msg.get("denoiser"),
+            "defect_score": found.defect_score if found else None,
+            "threshold": found.threshold if found else None,
+            "noise_type": found.noise_type if found else None,
+            "noise_confidence": found.noise_confidence if found else None,
+            "denoiser": found.denoiser if found else None,
             "latency_ms": latency,
-            "model_version": msg.get("model_version", self.model_version),
+            "model_version": found.model_version if found else self.model_version,
             "published_ns": time.time_ns(),
         }
         self.pub.send_multipart(encode_message(TOPIC_VERDICT, body))
@@ -211,10 +238,11 @@ class PublisherWorker(Worker):
         self.m.e2e_ms.observe(total_ms)
         if slot is not None and self.ledger.release(slot, ticket, gen):
             # Coalesce: one message to ingest per flush, not one per verdict.
-            if self.backlog and self.backlog[-1][0] == "free" and self.backlog[-1][1] == self.gen:
-                self.backlog[-1][2].append(slot)
+            last = self.backlog[-1] if self.backlog else None
+            if isinstance(last, FreeSlots) and last.gen == self.gen:
+                last.slots.append(slot)
             else:
-                self.backlog.append(("free", self.gen, [slot]))
+                self.backlog.append(FreeSlots(self.gen, [slot]))
         if verdict in (Verdict.ERROR, Verdict.TIMEOUT, Verdict.DROPPED):
             self.log.debug(
                 "reject",
@@ -237,7 +265,7 @@ class PublisherWorker(Worker):
         """Give freed slots back to ingest; kept here while no ingest is connected."""
         while self.backlog:
             try:
-                self.free.send_pyobj(self.backlog[0], zmq.NOBLOCK)
+                FREE.send(self.free, self.backlog[0], zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.backlog.pop(0)
@@ -245,16 +273,20 @@ class PublisherWorker(Worker):
     def sweep(self) -> None:
         """TIMEOUT for pending frames past deadline + grace with no verdict from anyone."""
         t = now_ns()
-        for p in [p for p in self.pending.values() if t > p["deadline"] + self.grace_ns]:
+        for a in [a for a in self.pending.values() if t > a.deadline + self.grace_ns]:
             self.m.timeouts.labels("publisher").inc()
             self.publish(
-                {
-                    **p,
-                    "kind": "verdict",
-                    "verdict": Verdict.TIMEOUT.value,
-                    "reason": "no result before the deadline",
-                }
+                Outcome(
+                    ticket=a.ticket,
+                    verdict=Verdict.TIMEOUT.value,
+                    reason="no result before the deadline",
+                    t_recv=a.t_recv,
+                )
             )
+        # An outcome whose Accepted note never came (ingest died between the two): answer it anyway.
+        late = time.monotonic() - 1.0
+        for outcome, _seen in [e for e in self.early.values() if e[1] < late]:
+            self.publish(outcome)
 
     def heartbeat(self) -> None:
         body = {
@@ -275,5 +307,6 @@ class PublisherWorker(Worker):
         self.heartbeat()
         self.log.info("publisher stopped", published=self.seq, stale_duplicates_dropped=self.duplicates)
         self.inbox.close(0)
+        self.control.close(0)
         self.free.close(0)
         self.pub.close(self.settings.publish.linger_ms)

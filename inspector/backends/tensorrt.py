@@ -1,5 +1,5 @@
 """TensorRT backend (TensorRT 11 Python API + pycuda) behind the ``Engine`` seam, and the pycuda
-executor of the stream schedule in :mod:`inspector.engines.streams`.
+executor of the stream schedule in :mod:`inspector.streams`.
 
 Imports cleanly without tensorrt or pycuda: everything GPU-side is imported
 when an engine is opened, and a missing package is an :class:`EngineError`
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.engines.base import EngineError
+from inspector.backends.base import EngineError
 
 
 class TensorRTUnavailable(EngineError):
@@ -210,7 +210,7 @@ extern "C" __global__ void impulse_median(const unsigned char* src, unsigned cha
 
 
 class PycudaExecutor:
-    """Runs a :class:`~inspector.engines.streams.StreamScheduler` schedule on the GPU.
+    """Runs a :class:`~inspector.streams.StreamScheduler` schedule on the GPU.
 
     Buffers are allocated once at the largest profile; the copy and compute
     streams and one event per (event name) are created in this process.
@@ -306,7 +306,7 @@ class PycudaExecutor:
 
 
 def streamed_pipeline(pipe: Any, max_batch: int, frame: tuple[int, int]) -> Any:
-    """The pipeline's TensorRT engines as one CUDA-stream schedule (see ``inspector.engines.streams``)."""
-    from inspector.engines.streams import StreamedPipeline
+    """The pipeline's TensorRT engines as one CUDA-stream schedule (see ``inspector.streams``)."""
+    from inspector.streams import StreamedPipeline
 
     return StreamedPipeline(pipe, PycudaExecutor(pipe.engines, max_batch, frame))

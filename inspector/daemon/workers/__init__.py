@@ -1,0 +1,1 @@
+"""The daemon's worker processes: ingest, inference, publisher, on one base (:mod:`inspector.daemon.workers.base`)."""

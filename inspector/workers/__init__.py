@@ -1,1 +1,0 @@
-"""The daemon's worker processes: ingest, inference, publisher, on one base (:mod:`inspector.workers.base`)."""
