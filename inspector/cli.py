@@ -6,6 +6,7 @@
   inspector listen                print verdicts as a PLC bridge sees them, or a live summary
   inspector demo                  daemon + camera + listener together, then a summary
   inspector record                save frames a camera sends (PNG), e.g. for INT8 calibration
+  inspector bridge modbus|opcua   PLC bridge: verdicts as Modbus registers / OPC UA nodes (docs/plc.md)
 
 Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
 if present) < environment (INSPECTOR_SECTION__KEY=value) < --set section.key=value.
@@ -119,6 +120,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=0.0, help="give up after this many seconds (default: never)"
     )
 
+    p = sub.add_parser(
+        "bridge",
+        help="PLC bridge: the daemon's verdicts as Modbus TCP registers or an OPC UA server (docs/plc.md)",
+        description="A PLC bridge subscribes to the daemon's verdicts and heartbeats and presents them to a "
+        "PLC, with a fail-safe state (reject every part) when heartbeats stop, the daemon is not ready or "
+        "verdicts were lost. The register map and address space are in docs/plc.md.",
+    )
+    bsub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, listen, what in (
+        ("modbus", "127.0.0.1:5020", "Modbus TCP server a PLC polls (HOST:PORT; 502 is the standard port)"),
+        ("opcua", "opc.tcp://127.0.0.1:4840/line-inspector/", "OPC UA server endpoint"),
+    ):
+        b = bsub.add_parser(kind, help=what)
+        b.add_argument(
+            "--daemon",
+            default="tcp://127.0.0.1:5556",
+            help="the daemon's publish endpoint (default: %(default)s)",
+        )
+        b.add_argument("--listen", default=listen, help=f"{what} (default: %(default)s)")
+        b.add_argument(
+            "--camera",
+            action="append",
+            default=[],
+            help="camera id, in the order the PLC numbers cameras (repeat; default: in order of first verdict)",
+        )
+        b.add_argument(
+            "--max-cameras",
+            type=int,
+            default=4,
+            help="cameras mapped without --camera (default: %(default)s)",
+        )
+        b.add_argument(
+            "--fifo-depth",
+            type=int,
+            default=64,
+            help="rejects kept per camera for the PLC (default: %(default)s)",
+        )
+        b.add_argument(
+            "--heartbeat-misses",
+            type=int,
+            default=3,
+            help="fail safe after this many heartbeat intervals without one (default: %(default)s)",
+        )
+        b.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        if kind == "opcua":
+            b.add_argument(
+                "--cert", type=Path, default=None, help="server certificate (DER or PEM): Basic256Sha256"
+            )
+            b.add_argument("--key", type=Path, default=None, help="the certificate's private key (PEM)")
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
     p.add_argument(
         "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
@@ -333,6 +383,45 @@ def render_demo_summary(report: Any, verdicts: list[dict[str, Any]], gaps: int, 
     return "\n".join(lines)
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from inspector import logs
+    from inspector.bridges.run import run_until_signal
+
+    log = logs.configure(args.log_level, True, role=f"bridge.{args.kind}")
+    if args.kind == "modbus":
+        from inspector.bridges.modbus import serve
+
+        host, _, port = args.listen.rpartition(":")
+        return run_until_signal(
+            lambda stop: serve(
+                args.daemon,
+                host or "127.0.0.1",
+                int(port),
+                args.camera,
+                args.max_cameras,
+                args.fifo_depth,
+                args.heartbeat_misses,
+                log,
+                stop=stop,
+            )
+        )
+    from inspector.bridges.opcua import serve as serve_opcua
+
+    return run_until_signal(
+        lambda stop: serve_opcua(
+            args.daemon,
+            args.listen,
+            args.camera,
+            args.max_cameras,
+            args.heartbeat_misses,
+            log,
+            cert=args.cert,
+            key=args.key,
+            stop=stop,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "serve":
@@ -347,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         return listen_forever(args.endpoint, args.summary, duration=args.duration)
     if args.cmd == "demo":
         return cmd_demo(args)
+    if args.cmd == "bridge":
+        return cmd_bridge(args)
     if args.cmd == "record":
         from inspector.tools.record import record
 

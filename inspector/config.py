@@ -148,6 +148,29 @@ class SupervisorConfig(_Section):
     )
 
 
+class HealthConfig(_Section):
+    window: int = Field(
+        default=500, ge=10, description="camera health: frames per camera in the rolling window"
+    )
+    min_frames: int = Field(
+        default=100, ge=1, description="camera health: judge a camera once its window holds this many"
+    )
+    max_noisy_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="alarm when more frames than this share are called noisy (any type)",
+    )
+    max_type_share: float = Field(
+        default=0.1, ge=0, le=1, description="alarm when one noise type's share exceeds this"
+    )
+    brightness_min: float = Field(default=30.0, ge=0, le=255, description="alarm below this mean brightness")
+    brightness_max: float = Field(default=225.0, ge=0, le=255, description="alarm above this mean brightness")
+    contrast_min: float = Field(
+        default=8.0, ge=0, description="alarm below this mean contrast (pixel standard deviation)"
+    )
+
+
 class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz over HTTP")
     host: str = Field(default="127.0.0.1", description="HTTP listen address")
@@ -177,6 +200,7 @@ class Settings(BaseSettings):
     ring: RingConfig = Field(default_factory=RingConfig)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -255,3 +279,34 @@ def load_settings(config: Path | None = None, overrides: list[str] | None = None
 
 def env_keys() -> list[str]:
     return sorted(k for k in os.environ if k.startswith("INSPECTOR_"))
+
+
+def render_defaults() -> str:
+    """``config/inspector.toml``: every key with its default and its meaning (a test keeps them equal)."""
+    import json
+
+    lines = [
+        "# Line Inspector configuration: every key with its default value and meaning.",
+        "# Precedence: these defaults < this file (or --config FILE) < INSPECTOR_SECTION__KEY env vars < --set section.key=value.",
+        "# `inspector check-config` validates a file and names any bad key.",
+        "",
+        "# this daemon's name in verdicts and heartbeats (default: the host name)",
+        '# daemon_id = "line-3"',
+    ]
+    for name, fld in Settings.model_fields.items():
+        if name == "daemon_id":
+            continue
+        section = fld.default_factory()  # type: ignore[misc,call-arg]
+        lines += ["", f"[{name}]"]
+        for key, sub in type(section).model_fields.items():
+            lines.append(f"# {sub.description}")
+            value = getattr(section, key)
+            if value is None:
+                lines.append(f"# {key} =   (unset)")
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, (int, float)):
+                lines.append(f"{key} = {value!r}")
+            else:
+                lines.append(f"{key} = {json.dumps(str(value))}")
+    return "\n".join(lines) + "\n"

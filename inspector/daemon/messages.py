@@ -66,6 +66,8 @@ class Inspection(msgspec.Struct, frozen=True):
     denoiser: str
     latency_ms: dict[str, float]
     model_version: str
+    brightness: float = 0.0  # the frame's mean pixel value, for camera health
+    contrast: float = 0.0  # the frame's pixel standard deviation
 
 
 class Outcome(msgspec.Struct, tag="outcome", frozen=True):

@@ -90,6 +90,12 @@ def get() -> SimpleNamespace:
                 ["role"],
             ),
             reloads=Counter("inspector_reloads_total", "SIGHUP reloads, by outcome", ["result"]),
+            camera_alarm=Gauge(
+                "inspector_camera_health_alarm",
+                "1 while a camera's noise mix or brightness is past the health limits (maintenance, not a verdict)",
+                ["camera_id"],
+                multiprocess_mode="livemax",
+            ),
             service_ms=Gauge(
                 "inspector_service_time_per_frame_ms",
                 "Measured inference time per frame (moving average) used for admission",

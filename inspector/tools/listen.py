@@ -36,6 +36,10 @@ class Listener:
     def poll(self, timeout_ms: int = 100) -> int:
         """Receive what arrives within ``timeout_ms``; returns the number of messages taken."""
         n = 0
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            # A ZeroMQ socket belongs to one thread: with the listener thread running, let it receive.
+            time.sleep(timeout_ms / 1000)
+            return 0
         if not self.sock.poll(timeout_ms):
             return 0
         while True:

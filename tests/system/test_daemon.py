@@ -278,6 +278,14 @@ def test_heartbeats_and_health_endpoints(tmp_path: Path, tiny_engines: Path):
         assert len(d.listener.heartbeats) >= n + 3
         body = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
         assert "inspector_model_info" in body and "inspector_ready 1.0" in body
+        # Labelled counters exist at zero from the start, so a dashboard's rate() has a series.
+        for series in (
+            'inspector_verdicts_total{verdict="TIMEOUT"} 0.0',
+            'inspector_frames_dropped_total{reason="admission"} 0.0',
+            'inspector_input_errors_total{reason="bad_header"} 0.0',
+            'inspector_worker_hung_total{role="inference"} 0.0',
+        ):
+            assert series in body, series
     finally:
         assert d.stop() == 0
 

@@ -244,6 +244,24 @@ def test_a_stalled_publisher_never_lets_a_late_pass_out(tmp_path: Path, tiny_eng
         assert d.stop() == 0
 
 
+def test_a_hung_publisher_stops_the_daemon_so_systemd_restarts_it(tmp_path: Path, tiny_engines: Path, pool):
+    # The publisher holds the verdict ledger, which cannot be rebuilt: a hung one is killed and the
+    # daemon exits non-zero (systemd's Restart=on-failure). Bridges see heartbeats stop meanwhile.
+    d = Daemon(tmp_path, tiny_engines, ["supervisor.hang_timeout_s=2"])
+    try:
+        d.wait_ready()
+        for i in range(10):
+            d.send_frame(pool[i % len(pool)], i)
+        d.wait_verdicts(10, 60)
+        os.kill(d.worker_pids()["publisher"], signal.SIGSTOP)
+        code = d.proc.wait(60)
+    finally:
+        d.stop()
+    assert code == 1
+    log = d.log_path.read_text()
+    assert "worker stopped making progress" in log and "publisher" in log
+
+
 def test_camera_clock_age_limit(tmp_path: Path, tiny_engines: Path, pool):
     from inspector.protocol import encode_frame
 

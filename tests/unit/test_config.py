@@ -71,3 +71,15 @@ def test_shipped_config_files_are_valid_and_documented():
     assert shipped.model_dump(exclude={"daemon_id"}) == Settings().model_dump(exclude={"daemon_id"})
     example = load_settings(repo / "config" / "example-line.toml")
     assert example.batching.deadline_ms == 500
+
+
+def test_the_shipped_defaults_file_lists_every_key_with_its_meaning():
+    from pathlib import Path
+
+    from inspector.config import render_defaults
+
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "config" / "inspector.toml").read_text() == render_defaults(), (
+        "config/inspector.toml is stale: python -c 'from inspector.config import render_defaults; "
+        'print(render_defaults(), end="")\' > config/inspector.toml'
+    )

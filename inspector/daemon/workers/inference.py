@@ -77,7 +77,9 @@ class InferenceWorker(Worker):
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
         self.per_frame_ns = self._warm_up(self.pipeline)
         self.shared.service_ns.value = self.per_frame_ns
-        self.runner: BatchRunner[tuple[list[Job], int]] = BatchRunner(self.pipeline)
+        self.runner: BatchRunner[tuple[list[Job], int, tuple[np.ndarray, np.ndarray]]] = BatchRunner(
+            self.pipeline
+        )
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
         self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
         self.shared.ready.value = 1
@@ -235,21 +237,28 @@ class InferenceWorker(Worker):
                 live = [j for j, ok in zip(live, intact, strict=True) if ok]
         if live:
             self.m.batch.observe(len(live))
-            self._publish(self.runner.step(frames, (live, t_start)))
+            # Brightness and contrast per frame, for camera health (about a millisecond a batch).
+            flat = frames.reshape(len(frames), -1)
+            looks = (flat.mean(axis=1), flat.std(axis=1))
+            self._publish(self.runner.step(frames, (live, t_start, looks)))
         elif self.runner.busy:
             self._publish(self.runner.step(None))
 
-    def _publish(self, finished: list[tuple[tuple[list[Job], int], Any]]) -> None:
-        for (live, t_start), outcome in finished:
+    def _publish(
+        self, finished: list[tuple[tuple[list[Job], int, tuple[np.ndarray, np.ndarray]], Any]]
+    ) -> None:
+        for (live, t_start, looks), outcome in finished:
             # An engine failure rejects that batch; it never kills the worker.
             if isinstance(outcome, Exception):
                 self.log.error("engine failure", error=str(outcome), batch=len(live))
                 for job in live:
                     self._send(job, Verdict.ERROR, f"engine failure: {outcome}")
             else:
-                self._verdicts(live, t_start, outcome)
+                self._verdicts(live, t_start, outcome, looks)
 
-    def _verdicts(self, live: list[Job], t_start: int, results: list[Any]) -> None:
+    def _verdicts(
+        self, live: list[Job], t_start: int, results: list[Any], looks: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         t_done = now_ns()
         self.shared.processed.value += len(live)
         # Time per frame, as a moving average over batches, for admission and the prediction above.
@@ -260,7 +269,7 @@ class InferenceWorker(Worker):
         stage_ms = results[0].stage_ms
         for stage, ms in stage_ms.items():
             self.m.stage_ms.labels(stage).observe(ms)
-        for job, r in zip(live, results, strict=True):
+        for job, r, bright, contrast in zip(live, results, *looks, strict=True):
             found = Inspection(
                 defect_score=r.score,
                 threshold=r.threshold,
@@ -269,6 +278,8 @@ class InferenceWorker(Worker):
                 denoiser=r.denoiser,
                 latency_ms={"queue": (t_start - job.t_recv) / 1e6, **stage_ms},
                 model_version=self.model_version,
+                brightness=float(bright),
+                contrast=float(contrast),
             )
             if t_done > job.deadline:
                 self.m.timeouts.labels("inference").inc()

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import zmq
 
 from inspector.daemon import metrics
+from inspector.daemon.health import Cameras, HealthLimits
 from inspector.daemon.messages import (
     CONTROL,
     FREE,
@@ -26,6 +27,7 @@ from inspector.daemon.messages import (
     Accepted,
     FrameIds,
     FreeSlots,
+    Inspection,
     Outcome,
     Reseed,
     SeedSlots,
@@ -114,6 +116,7 @@ class PublisherWorker(Worker):
         self.next_heartbeat = 0.0
         self.next_sweep = 0.0
         self.grace_ns = int(max(s.batching.deadline_ms * 0.25, 250) * 1e6)
+        self.cameras = Cameras(HealthLimits(**s.health.model_dump()))
         self.log.info("publishing", endpoint=s.publish.endpoint)
 
     def run_loop(self) -> bool:
@@ -235,6 +238,8 @@ class PublisherWorker(Worker):
         }
         self.pub.send_multipart(encode_message(TOPIC_VERDICT, body))
         self.m.verdicts.labels(verdict.value).inc()
+        if found is not None and ids.camera_id is not None:
+            self._health(ids.camera_id, found)
         self.m.e2e_ms.observe(total_ms)
         if slot is not None and self.ledger.release(slot, ticket, gen):
             # Coalesce: one message to ingest per flush, not one per verdict.
@@ -251,6 +256,17 @@ class PublisherWorker(Worker):
                 camera_id=body["camera_id"],
                 frame_id=body["frame_id"],
             )
+
+    def _health(self, camera_id: str, found: Inspection) -> None:
+        changed = self.cameras.add(
+            camera_id, found.noise_type, found.noise_confidence, found.brightness, found.contrast
+        )
+        if changed:
+            cam = self.cameras.cams[camera_id]
+            self.m.camera_alarm.labels(camera_id).set(int(cam.state == "alarm"))
+            log = self.log.warning if cam.state == "alarm" else self.log.info
+            log("camera health", camera_id=camera_id, state=cam.state, reason=cam.reason)
+            self.heartbeat()  # bridges hear of it now, not at the next interval
 
     def _reloaded(self) -> None:
         """Inference swapped in a reload: take its settings and engine version for heartbeats."""
@@ -300,6 +316,7 @@ class PublisherWorker(Worker):
             "uptime_s": round(time.monotonic() - self.started, 3),
             "interval_s": self.settings.publish.heartbeat_interval_s,
             "model_version": self.model_version,
+            "cameras": self.cameras.summary(),
         }
         self.pub.send_multipart(encode_message(TOPIC_HEARTBEAT, body))
 

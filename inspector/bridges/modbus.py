@@ -1,0 +1,262 @@
+"""The Modbus TCP bridge: the daemon's verdicts as a register map a PLC polls (``inspector bridge modbus``).
+
+The register map is in ``docs/plc.md`` (generated from :data:`STATUS` and
+:data:`CAMERA` below, so the two cannot drift). Every register is readable
+with function 3 (holding) or 4 (input): the map is one shared block. Only the
+per-camera ``tail`` register is writable (functions 6 and 16); a write to any
+other register, or a read or write outside the map, gets a Modbus exception
+(02, illegal data address), never a crash. 32-bit values take two registers,
+high word first.
+
+pymodbus 3.x serves the map as one :class:`~pymodbus.simulator.SimDevice`
+whose ``action`` hook fills the requested registers from the bridge state at
+each request, so a read always sees the state at that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from inspector.bridges.core import FAILSAFE_CODES, VERDICT_CODES, BridgeState, CameraState, u32
+
+MAP_VERSION = 1
+CAMERA_BASE, CAMERA_STRIDE, ENTRY_BASE, ENTRY_WORDS = 1000, 1000, 16, 8
+NONE16 = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Reg:
+    offset: int
+    words: int
+    name: str
+    meaning: str
+    writable: bool = False
+
+
+STATUS = [
+    Reg(0, 1, "map_version", f"register map version ({MAP_VERSION})"),
+    Reg(1, 1, "heartbeat_count", "daemon heartbeats received, modulo 65536: must change every interval"),
+    Reg(2, 1, "daemon_ready", "1 when the daemon's last heartbeat said ready"),
+    Reg(3, 1, "failsafe", "1 = REJECT EVERY PART (no heartbeat, daemon not ready, lost verdicts, restart)"),
+    Reg(
+        4,
+        1,
+        "failsafe_reason",
+        "0 none, 1 starting, 2 no heartbeat, 3 not ready, 4 seq gap, 5 daemon restarted",
+    ),
+    Reg(5, 2, "last_seq", "seq of the last verdict received (u32)"),
+    Reg(7, 2, "lost_verdicts", "frames whose verdict never reached the bridge (seq gaps, u32)"),
+    Reg(9, 2, "count_pass", "PASS verdicts since the bridge started (u32)"),
+    Reg(11, 2, "count_fail", "FAIL verdicts (u32)"),
+    Reg(13, 2, "count_error", "ERROR verdicts (u32)"),
+    Reg(15, 2, "count_timeout", "TIMEOUT verdicts (u32)"),
+    Reg(17, 2, "count_dropped", "DROPPED verdicts (u32)"),
+    Reg(19, 1, "cameras", "cameras mapped (their order is the bridge's --camera list)"),
+    Reg(20, 1, "camera_alarm_bits", "bit i set: camera i's health alarm (maintenance, not a verdict)"),
+    Reg(21, 1, "fifo_depth", "entries per camera reject FIFO"),
+    Reg(22, 1, "malformed", "malformed messages from the daemon, modulo 65536"),
+    Reg(
+        23, 1, "bridge_tick", "the bridge's own counter, +1 every 100 ms: a frozen value means a hung bridge"
+    ),
+]
+STATUS_WORDS = 32
+CAMERA = [
+    Reg(0, 1, "head", "rejects written to this camera's FIFO, modulo 65536"),
+    Reg(1, 1, "tail", "WRITE: rejects the PLC has consumed, modulo 65536 (write head after reading)", True),
+    Reg(2, 1, "overflow", "rejects overwritten before the PLC read them, modulo 65536 (then fail safe)"),
+    Reg(3, 1, "health_alarm", "1 while the camera's noise mix or brightness is past its health limits"),
+    Reg(4, 1, "last_verdict", "code of the last verdict: 1 PASS, 2 FAIL, 3 ERROR, 4 TIMEOUT, 5 DROPPED"),
+    Reg(5, 2, "last_frame_id", "frame id of the last verdict (u32; string ids as their CRC-32)"),
+    Reg(7, 2, "last_encoder", "encoder count of the last verdict, low 32 bits"),
+    Reg(9, 2, "count_pass", "PASS verdicts for this camera (u32)"),
+    Reg(11, 2, "count_reject", "verdicts with reject = true for this camera (u32)"),
+]
+ENTRY = [
+    Reg(0, 2, "seq", "the verdict's seq (u32)"),
+    Reg(2, 2, "frame_id", "frame id (u32; string ids as their CRC-32)"),
+    Reg(4, 2, "encoder", "encoder count, low 32 bits (0xFFFFFFFF when the camera sent none)"),
+    Reg(6, 1, "verdict", "2 FAIL, 3 ERROR, 4 TIMEOUT, 5 DROPPED"),
+    Reg(7, 1, "score", "defect score x 1000 (0xFFFF when not inspected)"),
+]
+
+
+def words32(v: int) -> list[int]:
+    v %= 1 << 32
+    return [v >> 16, v & 0xFFFF]
+
+
+class RegisterMap:
+    """Renders :class:`BridgeState` into 16-bit registers and applies the PLC's writes."""
+
+    def __init__(self, state: BridgeState, cameras: int, depth: int) -> None:
+        if ENTRY_BASE + depth * ENTRY_WORDS > CAMERA_STRIDE:
+            raise ValueError(f"FIFO depth {depth} does not fit a camera's {CAMERA_STRIDE} registers")
+        self.state, self.n_cameras, self.depth = state, cameras, depth
+        self.started = time.monotonic()
+        self.size = CAMERA_BASE + cameras * CAMERA_STRIDE
+
+    def camera_at(self, index: int) -> CameraState | None:
+        for cam in self.state.cameras.values():
+            if cam.index == index:
+                return cam
+        return None
+
+    def status(self) -> list[int]:
+        s = self.state
+        alarm = sum(1 << c.index for c in s.cameras.values() if c.health == "alarm" and c.index < 16)
+        out = [
+            MAP_VERSION,
+            s.heartbeats % 0x10000,
+            int(s.ready),
+            int(s.failsafe),
+            FAILSAFE_CODES.get(s.reason, 0),
+            *words32(s.last_seq or 0),
+            *words32(s.lost),
+            *words32(s.counts["PASS"]),
+            *words32(s.counts["FAIL"]),
+            *words32(s.counts["ERROR"]),
+            *words32(s.counts["TIMEOUT"]),
+            *words32(s.counts["DROPPED"]),
+            self.n_cameras,
+            alarm,
+            self.depth,
+            s.malformed % 0x10000,
+            int((time.monotonic() - self.started) * 10) % 0x10000,
+        ]
+        return out + [0] * (STATUS_WORDS - len(out))
+
+    def camera(self, index: int) -> list[int]:
+        cam = self.camera_at(index)
+        if cam is None:
+            return [0] * (ENTRY_BASE + self.depth * ENTRY_WORDS)
+        f = cam.fifo
+        last = cam.last
+        enc = last.get("encoder")
+        rejects = sum(v for k, v in cam.counts.items() if k != "PASS")
+        head = [
+            f.head % 0x10000,
+            f.tail % 0x10000,
+            f.overflow % 0x10000,
+            int(cam.health == "alarm"),
+            VERDICT_CODES.get(last.get("verdict", ""), 0),
+            *words32(u32(last.get("frame_id"))),
+            *words32(enc if isinstance(enc, int) else 0xFFFFFFFF),
+            *words32(cam.counts["PASS"]),
+            *words32(rejects),
+        ]
+        head += [0] * (ENTRY_BASE - len(head))
+        for e in f.entries:
+            if e is None:
+                head += [0] * ENTRY_WORDS
+                continue
+            head += [
+                *words32(e.seq),
+                *words32(u32(e.frame_id)),
+                *words32(e.encoder if e.encoder is not None else 0xFFFFFFFF),
+                VERDICT_CODES[e.verdict],
+                NONE16 if e.score is None else min(round(e.score * 1000), 1000),
+            ]
+        return head
+
+    def fill(self, registers: list[int], start: int, address: int, count: int) -> None:
+        """Write the current values of ``address .. address+count-1`` into ``registers``."""
+        end = address + count
+        if address < STATUS_WORDS:
+            vals = self.status()
+            for a in range(address, min(end, STATUS_WORDS)):
+                registers[a - start] = vals[a]
+        for c in range(self.n_cameras):
+            base = CAMERA_BASE + c * CAMERA_STRIDE
+            top = base + ENTRY_BASE + self.depth * ENTRY_WORDS
+            if end <= base or address >= top:
+                continue
+            vals = self.camera(c)
+            for a in range(max(address, base), min(end, top)):
+                registers[a - start] = vals[a - base]
+
+    def write(self, address: int, values: list[int]) -> bool:
+        """A PLC write; only the ``tail`` registers are writable (the rest are read-only in the map)."""
+        for i, v in enumerate(values):
+            rel = address + i - CAMERA_BASE
+            c, off = divmod(rel, CAMERA_STRIDE)
+            cam = self.camera_at(c) if rel >= 0 and off == 1 else None
+            if cam is None or not cam.fifo.ack(int(v)):
+                return False
+        return True
+
+    def simdevice(self) -> Any:
+        """The map as one pymodbus SimDevice: read-only blocks, the tail registers writable, gaps invalid."""
+        from pymodbus.constants import ExcCodes
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        blocks = [SimData(0, count=STATUS_WORDS, values=0, datatype=DataType.REGISTERS, readonly=True)]
+        for c in range(self.n_cameras):
+            base = CAMERA_BASE + c * CAMERA_STRIDE
+            blocks += [
+                SimData(base, count=1, values=0, datatype=DataType.REGISTERS, readonly=True),
+                SimData(base + 1, count=1, values=0, datatype=DataType.REGISTERS),
+                SimData(
+                    base + 2,
+                    count=ENTRY_BASE - 2 + self.depth * ENTRY_WORDS,
+                    values=0,
+                    datatype=DataType.REGISTERS,
+                    readonly=True,
+                ),
+            ]
+
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current_registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> Any:
+            if set_values:
+                if not self.write(address, [int(v) for v in set_values]):
+                    return ExcCodes.ILLEGAL_VALUE
+                return None
+            self.fill(current_registers, start_address, address, count)
+            return None
+
+        return SimDevice(0, simdata=blocks, action=action)  # 0: answer any unit id
+
+
+async def serve(
+    daemon: str,
+    host: str,
+    port: int,
+    cameras: list[str],
+    max_cameras: int,
+    depth: int,
+    misses: int,
+    log: Any,
+    zmq_options: Callable[[Any], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``."""
+    from pymodbus.server import ModbusTcpServer
+
+    from inspector.bridges.run import Subscription
+
+    n = len(cameras) or max_cameras
+    state = BridgeState(cameras, max_cameras=n, fifo_depth=depth, heartbeat_misses=misses)
+    state.on_failsafe = lambda on, why: log.warning("fail-safe", failsafe=on, reason=why, lost=state.lost)
+    regs = RegisterMap(state, n, depth)
+    server = ModbusTcpServer(regs.simdevice(), address=(host, port))
+    sub = Subscription(daemon, state, zmq_options)
+    stop = stop or asyncio.Event()
+    log.info("modbus bridge", daemon=daemon, listen=f"{host}:{port}", cameras=cameras, fifo_depth=depth)
+    tasks = [asyncio.create_task(server.serve_forever()), asyncio.create_task(sub.run(stop))]
+    try:
+        await stop.wait()
+    finally:
+        await server.shutdown()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sub.close()

@@ -1,0 +1,343 @@
+"""The PLC bridges as processes, against the real daemon and real clients (pymodbus, asyncua), on loopback.
+
+A PLC is played by a pymodbus client that polls the register map the way
+docs/plc.md tells a PLC programmer to (read head, read the entries, write tail),
+and by an asyncua client subscribed to the reject events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from inspector import noise as nz
+from inspector.bridges.modbus import CAMERA_BASE, ENTRY_BASE, ENTRY_WORDS
+from inspector.tools.synthetic import ImpellerGenerator
+from tests.system.harness import Daemon
+
+pytestmark = pytest.mark.slow
+CODES = {1: "PASS", 2: "FAIL", 3: "ERROR", 4: "TIMEOUT", 5: "DROPPED"}
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[np.ndarray]:
+    g = ImpellerGenerator(seed=11)
+    rng = np.random.default_rng(2)
+    return [nz.apply_random(g.sample(i).image, nz.NOISE_TYPES[i % 4], rng) for i in range(24)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bridge:
+    def __init__(self, tmp: Path, kind: str, daemon: str, args: list[str]) -> None:
+        self.port = free_port()
+        listen = f"127.0.0.1:{self.port}" if kind == "modbus" else f"opc.tcp://127.0.0.1:{self.port}/li/"
+        self.url = listen
+        self.log_path = tmp / f"bridge-{kind}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        cmd = [
+            sys.executable,
+            "-m",
+            "inspector",
+            "bridge",
+            kind,
+            "--daemon",
+            daemon,
+            "--listen",
+            listen,
+            *args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return code
+
+
+class Plc:
+    """A PLC polling the Modbus map."""
+
+    def __init__(self, port: int) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self.c = ModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
+        end = time.monotonic() + 30
+        while not self.c.connect():
+            assert time.monotonic() < end, "the Modbus bridge did not come up"
+            time.sleep(0.1)
+        self.rejects: list[dict[str, Any]] = []
+        self.tail = 0
+
+    def read(self, address: int, count: int) -> list[int]:
+        r = self.c.read_holding_registers(address, count=count, device_id=1)
+        assert not r.isError(), r
+        return list(r.registers)
+
+    def status(self) -> dict[str, int]:
+        r = self.read(0, 24)
+        u32 = lambda i: r[i] << 16 | r[i + 1]  # noqa: E731
+        return {
+            "heartbeats": r[1], "ready": r[2], "failsafe": r[3], "reason": r[4], "last_seq": u32(5),
+            "lost": u32(7), "PASS": u32(9), "FAIL": u32(11), "ERROR": u32(13), "TIMEOUT": u32(15),
+            "DROPPED": u32(17), "alarm_bits": r[20], "depth": r[21], "malformed": r[22],
+        }  # fmt: skip
+
+    def poll_fifo(self, camera: int = 0) -> None:
+        """What docs/plc.md tells a PLC to do every scan: read head, read tail..head-1, write tail."""
+        base = CAMERA_BASE + camera * 1000
+        head, _tail, overflow = self.read(base, 3)
+        assert overflow == 0, "the PLC fell behind the FIFO"
+        depth = self.read(21, 1)[0]
+        while self.tail != head:
+            i = self.tail % depth
+            e = self.read(base + ENTRY_BASE + i * ENTRY_WORDS, ENTRY_WORDS)
+            self.rejects.append(
+                {
+                    "seq": e[0] << 16 | e[1],
+                    "frame_id": e[2] << 16 | e[3],
+                    "encoder": e[4] << 16 | e[5],
+                    "verdict": CODES[e[6]],
+                    "score": e[7],
+                }
+            )
+            self.tail = (self.tail + 1) % 0x10000
+        w = self.c.write_register(base + 1, self.tail, device_id=1)
+        assert not w.isError(), w
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def wait_for(pred, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, f"{what} not within {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def test_modbus_every_reject_reaches_the_plc_and_counts_match(tmp_path: Path, tiny_engines: Path, pool):
+    d = Daemon(tmp_path, tiny_engines)
+    b = Bridge(tmp_path, "modbus", d.publish, ["--camera", "cam0", "--fifo-depth", "32"])
+    plc = None
+    try:
+        d.wait_ready()
+        plc = Plc(b.port)
+        wait_for(lambda: plc.status()["failsafe"] == 0, 30, "the bridge to clear fail-safe")
+        n = 120
+        for i in range(n):
+            d.send_frame(pool[i % len(pool)], i)
+            if i % 10 == 9:
+                plc.poll_fifo()
+                time.sleep(0.05)
+        d.wait_verdicts(n, 60)
+        wait_for(lambda: plc.status()["last_seq"] == n, 10, "the bridge to see every verdict")
+        plc.poll_fifo()
+        published = [v for v in d.verdicts if v["reject"]]
+        assert sorted((v["seq"], v["frame_id"], v["encoder"], v["verdict"]) for v in published) == sorted(
+            (r["seq"], r["frame_id"], r["encoder"], r["verdict"]) for r in plc.rejects
+        )
+        st = plc.status()
+        for kind in CODES.values():
+            assert st[kind] == sum(v["verdict"] == kind for v in d.verdicts), kind
+        assert st["lost"] == 0 and st["failsafe"] == 0 and st["malformed"] == 0
+        # Bad requests get Modbus exceptions; the bridge keeps serving.
+        r = plc.c.write_register(3, 0, device_id=1)  # the fail-safe flag is read-only
+        assert r.isError() and r.exception_code == 2
+        r = plc.c.read_holding_registers(CAMERA_BASE + 1000, count=4, device_id=1)  # no second camera
+        assert r.isError() and r.exception_code == 2
+        r = plc.c.write_register(CAMERA_BASE + 1, 40000, device_id=1)  # a tail beyond the head
+        assert r.isError()
+        assert plc.status()["failsafe"] == 0
+    finally:
+        if plc:
+            plc.close()
+        assert b.stop() == 0
+        assert d.stop() == 0
+
+
+def test_failsafe_when_the_daemon_dies_and_after_a_bridge_restart(tmp_path: Path, tiny_engines: Path, pool):
+    interval = 0.5
+    sets = [f"publish.heartbeat_interval_s={interval}", "supervisor.hang_timeout_s=60"]
+    d = Daemon(tmp_path, tiny_engines, sets)
+    b = Bridge(tmp_path, "modbus", d.publish, ["--camera", "cam0", "--heartbeat-misses", "3"])
+    b2 = None
+    plc = None
+    try:
+        d.wait_ready()
+        plc = Plc(b.port)
+        wait_for(lambda: plc.status()["failsafe"] == 0, 30, "the bridge to clear fail-safe")
+        for i in range(10):
+            d.send_frame(pool[i], i)
+        d.wait_verdicts(10, 60)
+        # SIGKILL the daemon: fail safe within 3 heartbeat intervals of the last heartbeat.
+        d.proc.kill()
+        d.proc.wait(10)
+        last_hb = time.monotonic()  # the listener's view: no heartbeat can come after the kill
+        took = wait_for(lambda: plc.status()["failsafe"] == 1, 10, "fail-safe after the kill")
+        assert plc.status()["reason"] == 2  # no heartbeat
+        print(f"\nfail-safe {took:.2f} s after the kill (limit {3 * interval:.1f} s + polling)")
+        assert took <= 3 * interval + 0.5, took
+        # A new daemon on the same endpoints: the bridge clears.
+        d.stop()
+        d = Daemon(tmp_path, tiny_engines, sets)
+        d.wait_ready()
+        wait_for(lambda: plc.status()["failsafe"] == 0, 30, "the bridge to clear after the restart")
+        # SIGKILL the bridge mid-stream; the new one starts in fail-safe ("starting") until a heartbeat.
+        publisher = d.worker_pids()["publisher"]
+        for i in range(20):
+            d.send_frame(pool[i % len(pool)], 100 + i)
+        b.stop(signal.SIGKILL)
+        plc.close()
+        plc = None
+        os.kill(publisher, signal.SIGSTOP)  # no heartbeat reaches the new bridge until we say so
+        try:
+            b2 = Bridge(tmp_path, "modbus", d.publish, ["--camera", "cam0"])
+            plc = Plc(b2.port)
+            st = plc.status()
+            assert (st["failsafe"], st["reason"]) == (1, 1), st
+        finally:
+            os.kill(publisher, signal.SIGCONT)
+        wait_for(lambda: plc.status()["failsafe"] == 0, 30, "the new bridge to clear")
+        del last_hb
+    finally:
+        if plc:
+            plc.close()
+        if b2:
+            b2.stop()
+        b.stop()
+        d.stop()
+
+
+def test_malformed_messages_on_the_bridge_socket_are_counted_and_ignored(tmp_path: Path):
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    pub.bind(endpoint)
+    b = Bridge(tmp_path, "modbus", endpoint, ["--camera", "cam0"])
+    plc = Plc(b.port)
+    try:
+        time.sleep(0.5)  # the bridge's SUB connects
+        hb = {"type": "heartbeat", "interval_s": 0.5, "uptime_s": 1.0, "last_seq": 0, "ready": True}
+        for body in (b"{not json", b"[]", json.dumps({"seq": "x"}).encode(), b"[" * 50_000):
+            pub.send_multipart([b"verdict", body])
+        pub.send_multipart([b"heartbeat", json.dumps(hb).encode()])
+        wait_for(lambda: plc.status()["malformed"] == 4, 10, "the malformed count")
+        wait_for(lambda: plc.status()["failsafe"] == 0, 10, "the good heartbeat to count")
+        assert b.proc.poll() is None
+    finally:
+        plc.close()
+        assert b.stop() == 0
+        pub.close(0)
+        ctx.term()
+
+
+def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_engines: Path, pool):
+    from asyncua import Client
+
+    health = ["health.window=20", "health.min_frames=10", "health.brightness_min=40"]
+    health += ["health.max_noisy_share=1", "health.max_type_share=1"]  # the tiny engines call noise at random
+    d = Daemon(tmp_path, tiny_engines, health)
+    b = Bridge(tmp_path, "opcua", d.publish, ["--camera", "cam0"])
+    events: list[Any] = []
+
+    class Handler:
+        def event_notification(self, ev: Any) -> None:
+            events.append(ev)
+
+    async def run() -> dict[str, Any]:
+        end = time.monotonic() + 30
+        while True:
+            try:
+                client = Client(b.url)
+                await client.connect()
+                break
+            except (TimeoutError, OSError):
+                assert time.monotonic() < end, "the OPC UA bridge did not come up"
+                await asyncio.sleep(0.2)
+        try:
+            idx = await client.get_namespace_index("urn:line-inspector")
+            root = await client.nodes.objects.get_child([f"{idx}:LineInspector"])
+            etype = await client.nodes.root.get_child(
+                ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:RejectEventType"]
+            )
+            sub = await client.create_subscription(20, Handler())
+            await sub.subscribe_events(root, etype)
+            failsafe = await root.get_child([f"{idx}:Daemon", f"{idx}:FailSafe"])
+            end = time.monotonic() + 30
+            while await failsafe.read_value():
+                assert time.monotonic() < end, "the OPC UA bridge stayed in fail-safe"
+                await asyncio.sleep(0.05)
+            n = 40
+            for i in range(n):
+                d.send_frame(pool[i % len(pool)], i)
+            await asyncio.to_thread(d.wait_verdicts, n, 60)
+            rejects = sum(v["reject"] for v in d.verdicts)
+            end = time.monotonic() + 20
+            while len(events) < rejects:
+                assert time.monotonic() < end, f"{len(events)} of {rejects} reject events"
+                await asyncio.sleep(0.05)
+            count = await root.get_child([f"{idx}:Cameras", f"{idx}:cam0", f"{idx}:RejectCount"])
+            cam_health = await root.get_child([f"{idx}:Cameras", f"{idx}:cam0", f"{idx}:Health"])
+            reason = await root.get_child([f"{idx}:Cameras", f"{idx}:cam0", f"{idx}:HealthReason"])
+            out = {"reject_count": await count.read_value(), "health_before": await cam_health.read_value()}
+            # The light fails: dark frames raise the camera's health alarm (and the frames are still inspected).
+            for i in range(30):
+                d.send_frame((pool[i % len(pool)] // 8).astype(np.uint8), 1000 + i)
+            end = time.monotonic() + 30
+            while await cam_health.read_value() != "alarm":
+                assert time.monotonic() < end, "no health alarm in the OPC UA bridge"
+                await asyncio.sleep(0.05)
+            out["reason"] = await reason.read_value()
+            for i in range(30):
+                d.send_frame(pool[i % len(pool)], 2000 + i)
+            end = time.monotonic() + 30
+            while await cam_health.read_value() != "ok":
+                assert time.monotonic() < end, "the health alarm did not clear"
+                await asyncio.sleep(0.05)
+            return out
+        finally:
+            await client.disconnect()
+
+    try:
+        d.wait_ready()
+        out = asyncio.run(run())
+        published = {(str(v["frame_id"]), v["encoder"], v["verdict"]) for v in d.verdicts[:40] if v["reject"]}
+        got = {(e.FrameId, e.Encoder, e.Verdict) for e in events}
+        assert published <= got and len(events) >= len(published)
+        assert out["reject_count"] == len(published) and out["health_before"] == "ok"
+        assert "mean brightness" in out["reason"], out
+        hbs = [
+            h for h in d.listener.heartbeats if h.get("cameras", {}).get("cam0", {}).get("state") == "alarm"
+        ]
+        assert hbs, "the alarm never showed in a heartbeat"
+        import urllib.request
+
+        body = urllib.request.urlopen(d.metrics_url() + "/metrics", timeout=5).read().decode()
+        assert 'inspector_camera_health_alarm{camera_id="cam0"} 0.0' in body  # cleared again
+    finally:
+        assert b.stop() == 0
+        assert d.stop() == 0
