@@ -133,3 +133,16 @@ def test_ids_as_32_bit_numbers():
     assert u32(5) == 5 and u32(-1) == 2**32 - 1 and u32(2**40 + 3) == 3
     assert u32("part-7") == u32("part-7") != u32("part-8")
     assert u32(None) == 0 and u32(True) == 0
+
+
+def test_docs_plc_register_tables_are_the_code_s():
+    import sys
+
+    from inspector.bridges import modbus
+
+    argv = sys.argv
+    sys.argv = ["modbus", "--check"]
+    try:
+        assert modbus.main() == 0, "docs/plc.md is stale: python -m inspector.bridges.modbus"
+    finally:
+        sys.argv = argv

@@ -51,11 +51,19 @@ def test_unit_files_verify_without_warnings(tmp_path):
     bin_dir = REPO / ".venv" / "bin"
     assert (bin_dir / "inspector").exists() and (bin_dir / "inspector-build").exists()
     units = sorted((REPO / "systemd").glob("*.service")) + sorted((REPO / "systemd").glob("*.timer"))
-    assert {u.name for u in units} >= {"inspector.service", "inspector-rebuild.service"}
+    assert {u.name for u in units} >= {
+        "inspector.service",
+        "inspector-rebuild.service",
+        "inspector-bridge-modbus@.service",
+        "inspector-bridge-opcua@.service",
+    }
+    names = []
     for unit in units:
-        (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/line-inspector", str(REPO)))
+        name = unit.name.replace("@.", "@line1.")  # a template is verified as an instance
+        (tmp_path / name).write_text(unit.read_text().replace("/opt/line-inspector", str(REPO)))
+        names.append(name)
     res = subprocess.run(
-        ["systemd-analyze", "verify", *[str(tmp_path / u.name) for u in units]],
+        ["systemd-analyze", "verify", *[str(tmp_path / n) for n in names]],
         capture_output=True,
         text=True,
     )
