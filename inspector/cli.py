@@ -6,6 +6,7 @@
   inspector listen                print verdicts as a PLC bridge sees them, or a live summary
   inspector demo                  daemon + camera + listener together, then a summary
   inspector record                save frames a camera sends (PNG), e.g. for INT8 calibration
+  inspector keys NAME             generate a CURVE key pair for authenticated sockets
   inspector bridge modbus|opcua   PLC bridge: verdicts as Modbus registers / OPC UA nodes (docs/plc.md)
 
 Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
@@ -40,6 +41,24 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set batching.max_batch=16 (repeatable; highest precedence)",
     )
+
+
+def _curve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--curve-server-key", type=Path, default=None, help="CURVE: the daemon's public key file (<name>.key)"
+    )
+    p.add_argument(
+        "--curve-key",
+        type=Path,
+        default=None,
+        help="CURVE: this client's secret key file (<name>.key_secret)",
+    )
+
+
+def _curve(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if (args.curve_server_key is None) != (args.curve_key is None):
+        raise SystemExit("give both --curve-server-key and --curve-key, or neither")
+    return None if args.curve_key is None else (args.curve_server_key, args.curve_key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=2024)
 
+    _curve_args(p)
+
     p = sub.add_parser("listen", help="subscribe to verdicts and print them")
+    _curve_args(p)
     p.add_argument(
         "--endpoint",
         default="tcp://127.0.0.1:5556",
@@ -164,11 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
             help="fail safe after this many heartbeat intervals without one (default: %(default)s)",
         )
         b.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        _curve_args(b)
         if kind == "opcua":
             b.add_argument(
                 "--cert", type=Path, default=None, help="server certificate (DER or PEM): Basic256Sha256"
             )
             b.add_argument("--key", type=Path, default=None, help="the certificate's private key (PEM)")
+    p = sub.add_parser(
+        "keys",
+        help="generate a CURVE key pair (the daemon's, a camera's or a bridge's)",
+        description="Writes <name>.key (public: copy it to the other side; a client's goes into the daemon's "
+        "security.clients folder) and <name>.key_secret (keep it, mode 0600). See docs/operations.md.",
+    )
+    p.add_argument("name", help="e.g. daemon, cam1, bridge-modbus")
+    p.add_argument(
+        "--out", type=Path, default=Path("."), help="folder to write them into (default: %(default)s)"
+    )
+
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
     p.add_argument(
         "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
@@ -247,7 +281,16 @@ def cmd_camera(args: argparse.Namespace) -> int:
         else synthetic_shots(args.seed, args.defect_rate, nz.parse_mix(args.noise_mix))
     )
     encoding = args.encoding or ("jpeg" if args.folder else "raw")
-    r = run_camera(args.endpoint, shots, args.count, args.rate, args.camera_id, encoding, keep_truth=False)
+    r = run_camera(
+        args.endpoint,
+        shots,
+        args.count,
+        args.rate,
+        args.camera_id,
+        encoding,
+        keep_truth=False,
+        curve=_curve(args),
+    )
     print(
         f"sent {r.sent} frames in {r.seconds:.1f} s ({r.sent / max(r.seconds, 1e-9):.1f} frames/s) to {args.endpoint}"
     )
@@ -388,6 +431,14 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from inspector.bridges.run import run_until_signal
 
     log = logs.configure(args.log_level, True, role=f"bridge.{args.kind}")
+    curve = _curve(args)
+
+    def zmq_options(sock: Any) -> None:
+        if curve is not None:
+            from inspector.daemon.security import client
+
+            client(sock, *curve)
+
     if args.kind == "modbus":
         from inspector.bridges.modbus import serve
 
@@ -402,6 +453,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 args.fifo_depth,
                 args.heartbeat_misses,
                 log,
+                zmq_options=zmq_options,
                 stop=stop,
             )
         )
@@ -417,6 +469,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             log,
             cert=args.cert,
             key=args.key,
+            zmq_options=zmq_options,
             stop=stop,
         )
     )
@@ -433,11 +486,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "listen":
         from inspector.tools.listen import listen_forever
 
-        return listen_forever(args.endpoint, args.summary, duration=args.duration)
+        return listen_forever(args.endpoint, args.summary, duration=args.duration, curve=_curve(args))
     if args.cmd == "demo":
         return cmd_demo(args)
     if args.cmd == "bridge":
         return cmd_bridge(args)
+    if args.cmd == "keys":
+        from inspector.daemon.security import generate
+
+        public, secret = generate(args.out, args.name)
+        print(f"public key {public} (give it out), secret key {secret} (keep it)")
+        return 0
     if args.cmd == "record":
         from inspector.tools.record import record
 

@@ -148,6 +148,27 @@ class SupervisorConfig(_Section):
     )
 
 
+class SecurityConfig(_Section):
+    curve: bool = Field(
+        default=False,
+        description="CURVE on the ingest and publish sockets: encrypted, and only clients whose public key is in security.clients",
+    )
+    server_key: Path | None = Field(
+        default=None,
+        description="with curve: the daemon's secret key file (inspector keys writes <name>.key_secret)",
+    )
+    clients: Path | None = Field(
+        default=None,
+        description="with curve: folder of allowed client public key files (<name>.key): cameras and bridges",
+    )
+
+    @model_validator(mode="after")
+    def _both(self) -> SecurityConfig:
+        if self.curve and (self.server_key is None or self.clients is None):
+            raise ValueError("security.curve needs security.server_key and security.clients")
+        return self
+
+
 class HealthConfig(_Section):
     window: int = Field(
         default=500, ge=10, description="camera health: frames per camera in the rolling window"
@@ -201,6 +222,7 @@ class Settings(BaseSettings):
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

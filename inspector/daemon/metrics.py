@@ -90,6 +90,11 @@ def get() -> SimpleNamespace:
                 ["role"],
             ),
             reloads=Counter("inspector_reloads_total", "SIGHUP reloads, by outcome", ["result"]),
+            auth_refused=Counter(
+                "inspector_auth_refused_total",
+                "Clients refused by CURVE (unknown key, no key, wrong server key), by socket and why",
+                ["socket", "why"],
+            ),
             camera_alarm=Gauge(
                 "inspector_camera_health_alarm",
                 "1 while a camera's noise mix or brightness is past the health limits (maintenance, not a verdict)",

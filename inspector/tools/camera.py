@@ -84,12 +84,17 @@ def run_camera(
     encoding: str = "raw",
     bind: bool = False,
     keep_truth: bool = True,
+    curve: tuple[Path, Path] | None = None,
 ) -> CameraReport:
     """Send ``count`` shots at ``rate`` frames/s (0 = as fast as the socket takes them) over PUSH."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.setsockopt(zmq.LINGER, 5000)
+    if curve is not None:  # (the daemon's public key file, this camera's secret key file)
+        from inspector.daemon.security import client
+
+        client(sock, *curve)
     if bind:
         sock.bind(endpoint)
     else:

@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -17,9 +18,15 @@ from inspector.protocol import ProtocolError, decode_message
 class Listener:
     """Collects verdicts and heartbeats from a daemon's PUB endpoint (in a thread, or with :meth:`poll`)."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str, ctx: zmq.Context[Any] | None = None, curve: tuple[Path, Path] | None = None
+    ) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
+        if curve is not None:  # (the daemon's public key file, this listener's secret key file)
+            from inspector.daemon.security import client
+
+            client(self.sock, *curve)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -125,8 +132,14 @@ def format_verdict(v: dict[str, Any]) -> str:
     )
 
 
-def listen_forever(endpoint: str, summary: bool, out: TextIO = sys.stdout, duration: float = 0.0) -> int:
-    lst = Listener(endpoint)
+def listen_forever(
+    endpoint: str,
+    summary: bool,
+    out: TextIO = sys.stdout,
+    duration: float = 0.0,
+    curve: tuple[Path, Path] | None = None,
+) -> int:
+    lst = Listener(endpoint, curve=curve)
     t0 = time.monotonic()
     last = t0
     try:

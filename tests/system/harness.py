@@ -55,6 +55,7 @@ class Daemon:
         sets: list[str] | None = None,
         env: dict[str, str] | None = None,
         config: Path | None = None,
+        curve: tuple[Path, Path] | None = None,
     ) -> None:
         self.tmp = tmp
         self.ingest = f"ipc://{tmp}/frames.sock"
@@ -75,11 +76,15 @@ class Daemon:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
-        self.listener = Listener(self.publish, zmq.Context()).start()
+        self.listener = Listener(self.publish, zmq.Context(), curve=curve).start()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.cam = self.ctx.socket(zmq.PUSH)
         self.cam.setsockopt(zmq.SNDHWM, 100_000)
         self.cam.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            from inspector.daemon.security import client
+
+            client(self.cam, *curve)
         self.cam.connect(self.ingest)
 
     def wait_ready(self, timeout: float = 120) -> None:

@@ -78,6 +78,17 @@ class Worker:
         self.log = logs.configure(self.settings.log.level, self.settings.log.json_lines, role=self.role)
         self.ctx: zmq.Context[Any] = zmq.Context()
 
+    def curve_guard(self) -> Any:
+        """The CURVE allow-list for this process's bound socket, or None when security.curve is off."""
+        sec = self.settings.security
+        if not sec.curve:
+            return None
+        from inspector.daemon import metrics
+        from inspector.daemon.security import CurveGuard
+
+        assert sec.server_key is not None and sec.clients is not None
+        return CurveGuard(self.ctx, sec.server_key, sec.clients, self.log, metrics.get().auth_refused)
+
     @property
     def stop_requested(self) -> bool:
         return bool(self.shared.stop[STOP_INDEX[self.role]])

@@ -63,6 +63,9 @@ class IngestWorker(Worker):
         # beyond it ZeroMQ drops the message and the connection (no header can be read to answer).
         self.cams.setsockopt(zmq.MAXMSGSIZE, 16 * s.ingest.max_payload_bytes + 65536)
         self.cams.setsockopt(zmq.LINGER, 0)
+        self.guard = self.curve_guard()
+        if self.guard is not None:
+            self.guard.serve(self.cams, "ingest")
         if s.ingest.bind:
             self.cams.bind(s.ingest.endpoint)
         else:
@@ -123,6 +126,8 @@ class IngestWorker(Worker):
             s = self.settings
             self.limits = Limits(s.ingest.max_payload_bytes, s.ingest.min_side, s.ingest.max_side)
             self.log.info("settings reloaded", deadline_ms=s.batching.deadline_ms)
+        if self.guard is not None:
+            self.guard.poll()
         events = dict(self.poller.poll(50))
         if self.free in events:
             self._take_free()
@@ -285,6 +290,8 @@ class IngestWorker(Worker):
 
     def teardown(self) -> None:
         self.log.info("ingest stopped")
+        if self.guard is not None:
+            self.guard.close()
         self.cams.close(0)
         self.jobs.close(0)
         self.free.close(0)

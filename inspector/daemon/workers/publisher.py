@@ -84,6 +84,9 @@ class PublisherWorker(Worker):
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, s.publish.sndhwm)
         self.pub.setsockopt(zmq.LINGER, s.publish.linger_ms)
+        self.guard = self.curve_guard()
+        if self.guard is not None:
+            self.guard.serve(self.pub, "publish")
         if s.publish.bind:
             self.pub.bind(s.publish.endpoint)
         else:
@@ -138,6 +141,8 @@ class PublisherWorker(Worker):
                 if not self.command(msg):
                     return False
         self.flush_free()
+        if self.guard is not None:
+            self.guard.poll()
         now = time.monotonic()
         if now >= self.next_sweep:
             self.sweep()
@@ -327,3 +332,5 @@ class PublisherWorker(Worker):
         self.control.close(0)
         self.free.close(0)
         self.pub.close(self.settings.publish.linger_ms)
+        if self.guard is not None:
+            self.guard.close()
