@@ -21,6 +21,7 @@ Writes ``bench/results.json`` and prints a table. Not a test: nothing fails on s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +158,9 @@ def _camera_proc(endpoint: str, frames: list[np.ndarray], rate: float, seconds: 
     ctx.term()
 
 
-def daemon_run(
-    engines: Path, frames: list[np.ndarray], rate: float, seconds: float, sets: list[str]
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def running_daemon(engines: Path, sets: list[str]) -> Iterator[tuple[Any, Listener, str, str]]:
+    """The daemon as a process on private ipc endpoints, with a listener; yields when it is ready."""
     tmp = Path(tempfile.mkdtemp(prefix="inspector-bench-"))
     ingest, publish = f"ipc://{tmp}/in.sock", f"ipc://{tmp}/out.sock"
     cmd = [sys.executable, "-m", "inspector", "serve"]
@@ -172,7 +174,7 @@ def daemon_run(
     ]:
         cmd += ["--set", s]
     log = open(tmp / "daemon.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     lst = Listener(publish).start()
     try:
         end = time.monotonic() + 180
@@ -180,19 +182,31 @@ def daemon_run(
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError("daemon did not start: " + (tmp / "daemon.log").read_text()[-2000:])
             time.sleep(0.05)
-        ctx = mp.get_context("spawn")
-        ready = ctx.Event()
-        cam = ctx.Process(target=_camera_proc, args=(ingest, frames, rate, seconds, ready))
-        cam.start()
-        ready.wait(60)
-        n = int(rate * seconds)
-        lst.wait_for(n, timeout=seconds + 60)
-        cam.join(30)
+        yield proc, lst, ingest, publish
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         lst.close()
         log.close()
+
+
+def _camera(ingest: str, frames: list[np.ndarray], rate: float, seconds: float) -> Any:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    cam = ctx.Process(target=_camera_proc, args=(ingest, frames, rate, seconds, ready))
+    cam.start()
+    ready.wait(60)
+    return cam
+
+
+def daemon_run(
+    engines: Path, frames: list[np.ndarray], rate: float, seconds: float, sets: list[str]
+) -> dict[str, Any]:
+    with running_daemon(engines, sets) as (_proc, lst, ingest, _publish):
+        cam = _camera(ingest, frames, rate, seconds)
+        lst.wait_for(int(rate * seconds), timeout=seconds + 60)
+        cam.join(30)
     vs = lst.verdicts
     inspected = [v for v in vs if v["verdict"] in ("PASS", "FAIL")]
     # Steady state: the middle 80% of the run, by the publication times of *all* verdicts (every
@@ -226,6 +240,84 @@ def daemon_run(
     }
 
 
+def bridge_run(engines: Path, frames: list[np.ndarray], rate: float, seconds: float) -> dict[str, Any]:
+    """The Modbus bridge's added latency and its fail-safe time, measured from outside.
+
+    A PLC-like poller reads the bridge's ``last_seq`` register every 2 ms; a verdict's latency is
+    the time it first shows there minus its ``published_ns`` (same host clock). Then the daemon
+    is SIGKILLed and the time to ``failsafe`` = 1 is measured from the last heartbeat received.
+    """
+    import socket as socketlib
+    import threading
+
+    from pymodbus.client import ModbusTcpClient
+
+    with socketlib.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    interval = 0.5
+    sets = [f"publish.heartbeat_interval_s={interval}"]
+    seen: dict[int, int] = {}
+    out: dict[str, Any] = {"offered_fps": rate, "heartbeat_interval_s": interval, "heartbeat_misses": 3}
+    with running_daemon(engines, sets) as (proc, lst, ingest, publish):
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "inspector", "bridge", "modbus", "--daemon", publish,
+             "--listen", f"127.0.0.1:{port}", "--camera", "bench", "--log-level", "warning"],
+            cwd=REPO,
+        )  # fmt: skip
+        plc = ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        try:
+            end = time.monotonic() + 30
+            while not plc.connect() or plc.read_holding_registers(3, count=1, device_id=1).registers[0]:
+                if time.monotonic() > end:
+                    raise RuntimeError("the Modbus bridge did not clear fail-safe")
+                time.sleep(0.1)
+            stop = threading.Event()
+
+            def poll() -> None:
+                while not stop.is_set():
+                    r = plc.read_holding_registers(5, count=2, device_id=1).registers
+                    seq, now = r[0] << 16 | r[1], time.time_ns()
+                    for s_ in range(max(seen, default=0) + 1, seq + 1):
+                        seen[s_] = now
+                    time.sleep(0.002)
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            cam = _camera(ingest, frames, rate, seconds)
+            lst.wait_for(int(rate * seconds), timeout=seconds + 60)
+            cam.join(30)
+            time.sleep(0.5)
+            stop.set()
+            poller.join(5)
+            lat = [(seen[v["seq"]] - v["published_ns"]) / 1e6 for v in lst.verdicts if v["seq"] in seen]
+            out.update(
+                verdicts=len(lst.verdicts),
+                visible=len(lat),
+                added_latency_ms_p50=float(np.percentile(lat, 50)) if lat else float("nan"),
+                added_latency_ms_p99=float(np.percentile(lat, 99)) if lat else float("nan"),
+                poll_period_ms=2.0,
+            )
+            # The daemon falls silent (every process stopped: a hung host, a cut cable): the bridge
+            # must notice from the missing heartbeats alone.
+            os.killpg(proc.pid, signal.SIGSTOP)
+            t_stop = time.time_ns()
+            try:
+                while not plc.read_holding_registers(3, count=1, device_id=1).registers[0]:
+                    time.sleep(0.005)
+                t_safe = time.time_ns()
+            finally:
+                os.killpg(proc.pid, signal.SIGCONT)
+            last_hb = max(h["ts_ns"] for h in lst.heartbeats if h["ts_ns"] <= t_stop)  # same host clock
+            out["failsafe_after_silence_s"] = (t_safe - t_stop) / 1e9
+            out["failsafe_after_last_heartbeat_s"] = (t_safe - last_hb) / 1e9
+        finally:
+            plc.close()
+            bridge.terminate()
+            bridge.wait(20)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -255,6 +347,13 @@ def main() -> int:
         f"({DEFAULT_DATA} if it exists) or 'synthetic' (generated impellers) (default: %(default)s)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    ap.add_argument(
+        "--only",
+        choices=["all", "bridge"],
+        default="all",
+        help="'bridge': measure only the Modbus bridge (added latency, fail-safe time) and update that part "
+        "of --out (default: %(default)s)",
+    )
     args = ap.parse_args()
     data: Path | None
     if args.data == "auto":
@@ -277,6 +376,17 @@ def main() -> int:
         int8 = Path(args.int8)
         load_manifest(int8)  # a clear error now, not after the daemon runs
     manifest = load_manifest(args.engines)
+    line_frames = frames_for(MIXES["line (clean 70%)"], 64, data)
+    if args.only == "bridge":
+        results = json.loads(args.out.read_text())
+        rate = 0.5 * results["mixes"]["line (clean 70%)"]["tight_loop"]["fps"]
+        print(
+            f"[bridge] Modbus bridge at {rate:.0f} frames/s (0.5 x the line mix's tight loop) ...", flush=True
+        )
+        results["bridge"] = bridge_run(args.engines, line_frames, rate, args.seconds)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(render(results))
+        return 0
     sets = [f"batching.max_batch={args.max_batch}", f"batching.max_delay_ms={args.max_delay_ms}"]
     results: dict[str, Any] = {
         "machine": {
@@ -330,6 +440,9 @@ def main() -> int:
             "engines": _shown(int8),
             "stage_ms_per_frame": stage_times(args.engines, int8, data),
         }
+    rate = 0.5 * results["mixes"]["line (clean 70%)"]["tight_loop"]["fps"]
+    print(f"[bridge] Modbus bridge at {rate:.0f} frames/s ...", flush=True)
+    results["bridge"] = bridge_run(args.engines, line_frames, rate, args.seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))

@@ -167,6 +167,20 @@ def bench_block(r: dict[str, Any]) -> str:
             f"Overload targets (goodput >= {GOODPUT_TARGET:.0%} of the tight loop, TIMEOUT <= {TIMEOUT_TARGET:.0%} "
             "of the frames not DROPPED): " + "; ".join(verdicts) + ".",
         ]
+    if "bridge" in r:
+        b = r["bridge"]
+        rows += [
+            "",
+            f"Modbus bridge, same run, at {b['offered_fps']:.1f} frames/s offered: a PLC-like poller reading `last_seq` "
+            f"every {b['poll_period_ms']:g} ms saw {b['visible']} of {b['verdicts']} verdicts; added latency from "
+            f"publication to register p50 {b['added_latency_ms_p50']:.1f} ms, p99 {b['added_latency_ms_p99']:.1f} ms "
+            f"(the poll period included). Daemon frozen (every process SIGSTOPped): the PLC saw fail-safe "
+            f"{b['failsafe_after_last_heartbeat_s']:.2f} s after the daemon's last heartbeat "
+            f"({b['failsafe_after_silence_s']:.2f} s after the freeze), with heartbeats every "
+            f"{b['heartbeat_interval_s']:g} s and {b['heartbeat_misses']} allowed to be missed: limit "
+            f"{b['heartbeat_misses'] * b['heartbeat_interval_s']:g} s "
+            f"({_met(b['failsafe_after_last_heartbeat_s'] <= b['heartbeat_misses'] * b['heartbeat_interval_s'])}).",
+        ]
     if "int8" in r:
         st = r["int8"]["stage_ms_per_frame"]
         rows += [

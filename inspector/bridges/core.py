@@ -7,7 +7,8 @@ rejects a PLC must act on - lives here once and is tested without a network.
 Fail safe (the PLC rejects every part while it is set) when:
 
 - the bridge has just started and has not yet seen a ready heartbeat (``starting``);
-- no heartbeat for ``heartbeat_misses`` intervals (``no_heartbeat``);
+- no heartbeat for ``heartbeat_misses`` intervals (``no_heartbeat``; detected 10% early, so a PLC
+  polling the bridge sees it within those intervals);
 - a heartbeat says the daemon is not ready (``not_ready``);
 - a gap in ``seq``: verdicts were lost between daemon and bridge (``seq_gap``);
   the number of frames whose verdict was lost is counted;
@@ -227,10 +228,10 @@ class BridgeState:
 
     def tick(self, now: float) -> None:
         """Call often (every tenth of a heartbeat interval or so): notices a silent daemon."""
-        if (
-            self.last_heartbeat is not None
-            and now - self.last_heartbeat > self.heartbeat_misses * self.interval
-        ):
+        # 10% early, so that with this tick, the event loop and the PLC's own poll, the PLC sees it
+        # within the N intervals.
+        limit = 0.9 * self.heartbeat_misses * self.interval
+        if self.last_heartbeat is not None and now - self.last_heartbeat > limit:
             self._set(True, "no_heartbeat")
 
     # -- helpers -------------------------------------------------------------------------------

@@ -198,7 +198,8 @@ def test_failsafe_when_the_daemon_dies_and_after_a_bridge_restart(tmp_path: Path
         d.proc.wait(10)
         last_hb = time.monotonic()  # the listener's view: no heartbeat can come after the kill
         took = wait_for(lambda: plc.status()["failsafe"] == 1, 10, "fail-safe after the kill")
-        assert plc.status()["reason"] == 2  # no heartbeat
+        # no heartbeat, or "not ready": the orphaned publisher's last heartbeat on its way out says so
+        assert plc.status()["reason"] in (2, 3)
         print(f"\nfail-safe {took:.2f} s after the kill (limit {3 * interval:.1f} s + polling)")
         assert took <= 3 * interval + 0.5, took
         # A new daemon on the same endpoints: the bridge clears.

@@ -46,9 +46,9 @@ def test_silence_fails_safe_after_the_configured_heartbeat_intervals():
     s = BridgeState(["cam0"], heartbeat_misses=3)
     s.feed(hb(0, interval=0.5), 0.0)
     assert not s.failsafe
-    s.tick(1.4)
+    s.tick(1.3)
     assert not s.failsafe
-    s.tick(1.6)
+    s.tick(1.4)
     assert s.failsafe and s.reason == "no_heartbeat"
     s.feed(hb(0, interval=0.5, uptime=11.0), 2.0)
     assert not s.failsafe

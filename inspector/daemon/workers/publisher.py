@@ -317,7 +317,8 @@ class PublisherWorker(Worker):
             "ts_ns": time.time_ns(),
             "last_seq": self.seq,
             "pending": len(self.pending),
-            "ready": bool(self.shared.healthy.value),
+            # An orphan (the supervisor was killed) says so in its last heartbeat on the way out.
+            "ready": bool(self.shared.healthy.value) and self.parent_alive(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "interval_s": self.settings.publish.heartbeat_interval_s,
             "model_version": self.model_version,
