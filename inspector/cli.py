@@ -187,6 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         b.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         _curve_args(b)
+        if kind == "modbus":
+            b.add_argument(
+                "--gate-plc",
+                default=None,
+                metavar="HOST:PORT",
+                help="also fire the reject gate: write a coil on this PLC (Modbus client) for every reject, "
+                "and hold it on in fail-safe (default: off; the PLC reads the FIFO instead)",
+            )
+            b.add_argument(
+                "--gate-coil", type=int, default=0, help="coil address for --gate-plc (default: %(default)s)"
+            )
+            b.add_argument(
+                "--gate-pulse-ms",
+                type=float,
+                default=200,
+                help="coil pulse per reject (default: %(default)s)",
+            )
         if kind == "opcua":
             b.add_argument(
                 "--cert", type=Path, default=None, help="server certificate (DER or PEM): Basic256Sha256"
@@ -455,6 +472,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 log,
                 zmq_options=zmq_options,
                 stop=stop,
+                gate=(args.gate_plc, args.gate_coil, args.gate_pulse_ms) if args.gate_plc else None,
             )
         )
     from inspector.bridges.opcua import serve as serve_opcua

@@ -16,6 +16,7 @@ each request, so a read always sees the state at that instant.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,6 +227,70 @@ class RegisterMap:
         return SimDevice(0, simdata=blocks, action=action)  # 0: answer any unit id
 
 
+class GateWriter:
+    """Optional: the bridge fires a reject gate itself, as a Modbus client writing a coil on the PLC.
+
+    For lines whose gate is timed by the bridge rather than by the PLC's own shift register: every
+    reject pulses the coil on for ``pulse_ms``; while the bridge is in fail-safe the coil is held on
+    (reject everything) and rewritten every half second, so a PLC that restarted sees it again.
+    Write failures are counted and logged; the client reconnects by itself.
+    """
+
+    def __init__(self, state: BridgeState, target: str, coil: int, pulse_ms: float, log: Any) -> None:
+        host, _, port = target.rpartition(":")
+        self.host, self.port, self.coil, self.pulse = host or "127.0.0.1", int(port), coil, pulse_ms / 1000
+        self.state, self.log = state, log
+        self.pending: asyncio.Queue[None] = asyncio.Queue(maxsize=1000)
+        self.pulses = self.failures = 0
+
+    def reject(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.pending.put_nowait(None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from pymodbus.client import AsyncModbusTcpClient
+
+        client = AsyncModbusTcpClient(self.host, port=self.port, timeout=1, retries=0)
+        last_hold = 0.0
+        try:
+            while not stop.is_set():
+                if not client.connected:
+                    await client.connect()
+                if self.state.failsafe:
+                    if time.monotonic() - last_hold > 0.5:
+                        await self._write(client, True)
+                        last_hold = time.monotonic()
+                    while not self.pending.empty():
+                        self.pending.get_nowait()  # the coil is on anyway
+                    await asyncio.sleep(0.02)
+                    continue
+                if last_hold:
+                    await self._write(client, False)  # fail-safe cleared
+                    last_hold = 0.0
+                try:
+                    await asyncio.wait_for(self.pending.get(), 0.05)
+                except TimeoutError:
+                    continue
+                self.pulses += 1
+                await self._write(client, True)
+                await asyncio.sleep(self.pulse)
+                await self._write(client, False)
+        finally:
+            client.close()
+
+    async def _write(self, client: Any, on: bool) -> None:
+        try:
+            r = await client.write_coil(self.coil, on, device_id=1)
+            if r.isError():
+                raise RuntimeError(str(r))
+        except Exception as exc:  # the PLC is away or refuses: count, log, go on
+            self.failures += 1
+            if self.failures % 100 == 1:
+                self.log.error(
+                    "gate coil write failed", coil=self.coil, error=str(exc)[:200], failures=self.failures
+                )
+
+
 async def serve(
     daemon: str,
     host: str,
@@ -237,8 +302,12 @@ async def serve(
     log: Any,
     zmq_options: Callable[[Any], None] | None = None,
     stop: asyncio.Event | None = None,
+    gate: tuple[str, int, float] | None = None,
 ) -> None:
-    """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``."""
+    """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``.
+
+    ``gate``: (PLC host:port, coil address, pulse ms) to also fire a reject coil on the PLC.
+    """
     from pymodbus.server import ModbusTcpServer
 
     from inspector.bridges.run import Subscription
@@ -252,6 +321,11 @@ async def serve(
     stop = stop or asyncio.Event()
     log.info("modbus bridge", daemon=daemon, listen=f"{host}:{port}", cameras=cameras, fifo_depth=depth)
     tasks = [asyncio.create_task(server.serve_forever()), asyncio.create_task(sub.run(stop))]
+    if gate is not None:
+        writer = GateWriter(state, *gate, log)
+        state.on_reject = lambda _r: writer.reject()
+        tasks.append(asyncio.create_task(writer.run(stop)))
+        log.info("gate coil", plc=gate[0], coil=gate[1], pulse_ms=gate[2])
     try:
         await stop.wait()
     finally:

@@ -342,3 +342,86 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
     finally:
         assert b.stop() == 0
         assert d.stop() == 0
+
+
+def test_the_bridge_can_fire_a_reject_coil_on_the_plc(tmp_path: Path):
+    """--gate-plc: a pulse per reject, held on in fail-safe; the 'PLC' is a real pymodbus server."""
+    import threading
+
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    writes: list[tuple[float, bool]] = []
+
+    async def action(fc, start, address, count, regs, values):
+        if values is not None and fc == 5 and address == 7:
+            writes.append((time.monotonic(), bool(values[0])))
+
+    bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+    words = [SimData(0, count=4, values=0, datatype=DataType.REGISTERS)]
+    plc_port = free_port()
+    loop = asyncio.new_event_loop()
+    holder: dict[str, Any] = {}
+
+    async def run_plc() -> None:
+        device = SimDevice(0, simdata=(bits, bits, words, words), action=action)
+        holder["server"] = ModbusTcpServer(device, address=("127.0.0.1", plc_port))
+        await holder["server"].serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run_plc(),), daemon=True)
+    thread.start()
+    wait_for(lambda: "server" in holder, 10, "the fake PLC")
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    pub.bind(endpoint)
+    gate = ["--gate-plc", f"127.0.0.1:{plc_port}", "--gate-coil", "7", "--gate-pulse-ms", "100"]
+    b = Bridge(tmp_path, "modbus", endpoint, ["--camera", "cam0", "--heartbeat-misses", "3", *gate])
+    beating = threading.Event()
+    beating.set()
+    seq = [0]
+
+    def heartbeats() -> None:
+        t0 = time.monotonic()
+        while beating.is_set():
+            body = {
+                "interval_s": 0.1,
+                "uptime_s": time.monotonic() - t0 + 1,
+                "last_seq": seq[0],
+                "ready": True,
+            }
+            pub.send_multipart([b"heartbeat", json.dumps(body).encode()])
+            time.sleep(0.1)
+
+    beater = threading.Thread(target=heartbeats, daemon=True)
+    plc = Plc(b.port)
+    try:
+        beater.start()
+        wait_for(lambda: plc.status()["failsafe"] == 0, 20, "the bridge to clear fail-safe")
+        wait_for(lambda: writes and writes[-1][1] is False, 10, "the start-up hold to be released")
+        start = len(writes)
+        for kind in ("FAIL", "PASS", "TIMEOUT", "PASS", "ERROR"):
+            seq[0] += 1
+            v = {
+                "seq": seq[0],
+                "verdict": kind,
+                "reject": kind != "PASS",
+                "camera_id": "cam0",
+                "frame_id": seq[0],
+            }
+            pub.send_multipart([b"verdict", json.dumps(v).encode()])
+            time.sleep(0.4)
+        pulses = [on for _, on in writes[start:]]
+        assert pulses == [True, False] * 3, pulses  # one pulse per reject, none for a PASS
+        beating.clear()  # the daemon falls silent: the coil is held on
+        wait_for(lambda: plc.status()["failsafe"] == 1, 5, "fail-safe")
+        time.sleep(1.2)
+        held = [on for t, on in writes if t > time.monotonic() - 1.0]
+        assert held and all(held), held
+    finally:
+        beating.clear()
+        plc.close()
+        assert b.stop() == 0
+        pub.close(0)
+        ctx.term()
+        asyncio.run_coroutine_threadsafe(holder["server"].shutdown(), loop).result(5)
