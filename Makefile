@@ -23,6 +23,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project with its build and dev extras (CPU torch)
 
+RUNTIME_VENV ?= /opt/line-inspector/.venv
+EXTRAS ?=
+install-runtime: ## a line host's venv: the runtime alone, no torch (RUNTIME_VENV=..., EXTRAS=gpu for TensorRT + pycuda)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q '.$(if $(EXTRAS),[$(EXTRAS)])'
+	@$(RUNTIME_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+		|| { echo "install-runtime: torch is importable in $(RUNTIME_VENV); the runtime must not need it" >&2; exit 1; }
+	@echo "runtime installed in $(RUNTIME_VENV) (no torch): $(RUNTIME_VENV)/bin/inspector serve --help"
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check inspector engines calibration tests bench
 	$(VENV)/bin/ruff format --check inspector engines calibration tests bench
@@ -50,4 +60,4 @@ demo: $(STAMP) ## run the daemon on the shipped engines, stream the real test ph
 bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, and INT8 against float32 (JSON + table)
 	$(PY) bench/run.py --data $(if $(wildcard $(DATA)/test),$(DATA),synthetic)
 
-.PHONY: help venv lint format test engines engines-synthetic demo bench
+.PHONY: help venv install-runtime lint format test engines engines-synthetic demo bench
