@@ -69,6 +69,26 @@ def test_dedup_finds_the_byte_identical_and_turned_copies(casting: Path):
     assert np.array_equal(descriptors(te_frames[:20]), descriptors(te_frames[:20]))
 
 
+def test_dedup_probe_verifies_against_every_photograph(casting: Path, tmp_path: Path):
+    """The probe behind the README's statement that the copy test is loose: it verifies each query
+    against every photograph, so a copy the descriptor ranks last is still found."""
+    from engines.dedup import main, probe
+
+    te = FolderDataset.scan(casting, "test")
+    frames = np.stack([read_gray(f) for f in te.files[:5]])
+    turned = au.rotate(np.ascontiguousarray(frames[0][:, ::-1]), 137.0, (6.0, -4.0))
+    r = probe(np.concatenate([frames, turned[None]]), queries=6)
+    rows = {x["index"]: x for x in r["rows"]}
+    assert len(rows) == 6 and rows[0]["passed"] >= 1 and rows[5]["passed"] >= 1
+    assert all(x["passed_within_descriptor_rank"] >= x["passed"] for x in rows.values())
+    # The committed probe is one this command writes (the README's dedup block is generated from it).
+    shipped = json.loads((Path(__file__).parents[2] / "docs" / "dedup-probe.json").read_text())
+    assert shipped["command"].startswith("python -m engines.dedup --data DATA")
+    assert len(shipped["rows"]) == shipped["queries"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+
+
 def test_carved_splits_keep_near_duplicates_on_one_side(casting: Path):
     from engines.data import _folder, folder_parts
 
@@ -81,8 +101,8 @@ def test_carved_splits_keep_near_duplicates_on_one_side(casting: Path):
         assert 0 < labels[parts[name]].mean() < 1, name
     # The grouping's promise: a photograph and any of its CANDIDATES nearest photographs (over all of
     # train) that verify as the same part sit on one side. Copies further down the descriptor's ranking
-    # are not searched: measured on the shipped split, 73 of 100 validation photographs still have a
-    # verified copy among their 8 nearest *training* photographs (docs/design-notes.md) - a known leak.
+    # are not searched, and the test itself is loose (it matches the mould's shape: docs/dedup-probe.json
+    # and docs/design-notes.md), so this promises only what the grouping searched.
     from engines.dedup import CANDIDATES, _candidates
 
     d = descriptors(frames)
