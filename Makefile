@@ -42,7 +42,15 @@ format: $(STAMP) ## apply ruff's formatter and safe fixes
 	$(VENV)/bin/ruff format inspector engines calibration tests bench
 	$(VENV)/bin/ruff check --fix inspector engines calibration tests bench
 
-test: $(STAMP) lint ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
+browser: ## Debian's chromium + chromedriver for the operator page's browser test (apt-get, needs root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium + chromium-driver (apt-get) for the operator page test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "note: no chromium/chromedriver and not root: the browser test will skip (sudo apt-get install chromium chromium-driver)"; fi
+
+test: $(STAMP) lint browser ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
 
 engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 20 min on 2 cores)
@@ -60,4 +68,4 @@ demo: $(STAMP) ## run the daemon on the shipped engines, stream the real test ph
 bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, and INT8 against float32 (JSON + table)
 	$(PY) bench/run.py --data $(if $(wildcard $(DATA)/test),$(DATA),synthetic)
 
-.PHONY: help venv install-runtime lint format test engines engines-synthetic demo bench
+.PHONY: help venv install-runtime lint format browser test engines engines-synthetic demo bench

@@ -205,7 +205,7 @@ def probe(frames: np.ndarray, queries: int, seed: int = 0, progress: bool = Fals
                 else [],
             }
         )
-    counts = [r["passed"] for r in rows]
+    counts = [int(r["passed"]) for r in rows]  # type: ignore[call-overload]
     return {
         "photographs": len(frames),
         "queries": queries,

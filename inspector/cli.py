@@ -8,6 +8,8 @@
   inspector record                save frames a camera sends (PNG), e.g. for INT8 calibration
   inspector keys NAME             generate a CURVE key pair for authenticated sockets
   inspector bridge modbus|opcua   PLC bridge: verdicts as Modbus registers / OPC UA nodes (docs/plc.md)
+  inspector archive ...           the reject archive: list, show (with --evidence), export, prune
+  inspector ui                    the operator page: live counts, rejects gallery, health (docs/operations.md)
 
 Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
 if present) < environment (INSPECTOR_SECTION__KEY=value) < --set section.key=value.
@@ -220,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("."), help="folder to write them into (default: %(default)s)"
     )
 
+    from inspector.archive.cli import add_parser as archive_parser
+    from inspector.ui.server import add_parser as ui_parser
+
+    archive_parser(sub, _config_args)
+    ui_parser(sub, _config_args)
+
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
     p.add_argument(
         "--engines", type=Path, default=Path("engines/default"), help="engine set (default: %(default)s)"
@@ -247,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="generated frames: noise types and weights (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--page-port",
+        type=int,
+        default=8090,
+        help="operator page port, 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument("--no-page", action="store_true", help="do not start the operator page")
+    p.add_argument(
+        "--hold", action="store_true", help="after the stream, keep the daemon and the page up until Ctrl-C"
+    )
     return parser
 
 
@@ -339,12 +357,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "--set", f"publish.endpoint={publish}",
         "--set", "metrics.port=0",
         "--set", "publish.heartbeat_interval_s=0.25",
+        "--set", f"archive.dir={tmp / 'archive'}",
+        "--set", "archive.min_free_mb=200",
     ]  # fmt: skip
     print(f"starting the daemon on {args.engines} ({manifest.model_version}); log: {log_path}", flush=True)
     with open(log_path, "w") as log:
         daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     listener = Listener(publish).start()
+    ui = None
     try:
+        if not args.no_page:
+            ui = subprocess.Popen(
+                [sys.executable, "-m", "inspector", "ui", "--port", str(args.page_port),
+                 "--archive", str(tmp / "archive"), "--publish", publish, "--engines", str(args.engines)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            line = ui.stdout.readline().strip() if ui.stdout else ""
+            print(f"{line or 'operator page did not start'} (live while the demo runs)", flush=True)
         t0 = time.monotonic()
         while not any(h.get("ready") for h in listener.heartbeats):
             if daemon.poll() is not None:
@@ -376,6 +405,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         report = run_camera(ingest, shots, count, args.rate, "demo-cam", encoding)
         listener.wait_for(report.sent, timeout=60)
         time.sleep(0.3)
+        if args.hold and ui is not None:
+            print("holding: the daemon and the page stay up; Ctrl-C to stop and summarise", flush=True)
+            try:
+                while daemon.poll() is None:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -384,7 +420,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             daemon.kill()
             code = daemon.wait()
         listener.close()
+        if ui is not None:
+            ui.terminate()
+            ui.wait(10)
     print(render_demo_summary(report, listener.verdicts, listener.gaps, code))
+    print(
+        f"reject archive (every non-PASS frame, 1% of PASS): {tmp / 'archive'}\n"
+        f"  inspector archive list --dir {tmp / 'archive'} --verdict FAIL\n"
+        f"  inspector ui --archive {tmp / 'archive'}   (the page again, counts start at zero)"
+    )
     return 0 if code == 0 else 1
 
 
@@ -509,6 +553,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_demo(args)
     if args.cmd == "bridge":
         return cmd_bridge(args)
+    if args.cmd == "archive":
+        from inspector.archive.cli import run
+
+        return run(args)
+    if args.cmd == "ui":
+        from inspector.ui.server import run as run_ui
+
+        return run_ui(args)
     if args.cmd == "keys":
         from inspector.daemon.security import generate
 

@@ -192,6 +192,35 @@ class HealthConfig(_Section):
     )
 
 
+class ArchiveConfig(_Section):
+    """The reject archive: a worker off the hot path keeps non-PASS frames (and a sample of PASS ones)."""
+
+    dir: Path | None = Field(
+        default=None,
+        description="archive folder (SQLite index + PNGs); unset: $STATE_DIRECTORY/archive under systemd, "
+        "else no archive",
+    )
+    pass_sample: float = Field(default=0.01, ge=0, le=1, description="share of PASS frames kept as well")
+    max_age_days: float = Field(default=30.0, gt=0, description="entries older than this are pruned")
+    max_mb: float = Field(
+        default=2048.0, gt=0, description="entries beyond this total size are pruned, oldest first"
+    )
+    min_free_mb: float = Field(
+        default=1024.0, ge=0, description="stop writing (metric + log) while the disk has less free than this"
+    )
+    queue: int = Field(
+        default=64,
+        ge=1,
+        description="frames waiting for the archive worker; beyond it they are skipped and counted",
+    )
+
+    def folder(self) -> Path | None:
+        if self.dir is not None:
+            return self.dir
+        state = os.environ.get("STATE_DIRECTORY")
+        return Path(state.split(":")[0]) / "archive" if state else None
+
+
 class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz over HTTP")
     host: str = Field(default="127.0.0.1", description="HTTP listen address")
@@ -223,6 +252,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

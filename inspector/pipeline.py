@@ -34,6 +34,9 @@ class FrameResult:
     defective: bool
     threshold: float
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # The frame the defect classifier saw, for frames a denoiser changed (None: the frame as received,
+    # or a backend that keeps it on the device). For the reject archive; a view into the batch.
+    inspected: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -134,7 +137,7 @@ class Pipeline:
             "denoise": (t2 - t1) * 1e3,
             "defect": (t3 - t2) * 1e3,
         }
-        return self.results(noise_idx, noise_conf, names, scores, ms)
+        return self.results(noise_idx, noise_conf, names, scores, ms, inspected=clean)
 
     def results(
         self,
@@ -143,6 +146,7 @@ class Pipeline:
         names: list[str],
         scores: np.ndarray,
         ms: dict[str, float],
+        inspected: np.ndarray | None = None,
     ) -> list[FrameResult]:
         """One :class:`FrameResult` per frame, each decided at its noise type's threshold."""
         out = []
@@ -158,6 +162,7 @@ class Pipeline:
                     defective=bool(scores[i] >= t),
                     threshold=t,
                     stage_ms=ms,
+                    inspected=inspected[i] if inspected is not None and names[i] != "none" else None,
                 )
             )
         return out

@@ -11,6 +11,7 @@ Every message that names a ring slot carries the ingest generation that owns it.
 | `results` | ingest, inference -> publisher | :class:`Accepted`, :class:`Outcome` |
 | `control` | supervisor -> publisher      | :class:`WorkerDied`, :class:`Reseed`, :class:`Stop` |
 | `free`    | publisher -> ingest          | :class:`SeedSlots`, :class:`FreeSlots` |
+| `archive` | publisher -> archive         | :class:`ArchiveItem` (sent without blocking; skipped when full) |
 
 A frame's identity (:class:`FrameIds`, what the camera sent) is encoded once,
 in its :class:`Accepted` note (or in the :class:`Outcome` that rejects it at
@@ -112,6 +113,16 @@ class FreeSlots(msgspec.Struct, tag="free", frozen=True):
     slots: list[int]
 
 
+class ArchiveItem(msgspec.Struct, tag="archive", frozen=True):
+    """A published verdict for the reject archive, with the pixels where the ring still held them."""
+
+    verdict: bytes  # the verdict message's JSON body, as published
+    height: int = 0
+    width: int = 0
+    frame: bytes | None = None  # the frame as received (uint8, height x width)
+    inspected: bytes | None = None  # what the defect classifier saw, where a denoiser changed it
+
+
 M = TypeVar("M")
 
 
@@ -135,3 +146,4 @@ JOBS: Channel[Job] = Channel("jobs", Job)
 RESULTS: Channel[Accepted | Outcome] = Channel("results", Accepted | Outcome)
 CONTROL: Channel[WorkerDied | Reseed | Stop] = Channel("control", WorkerDied | Reseed | Stop)
 FREE: Channel[SeedSlots | FreeSlots] = Channel("free", SeedSlots | FreeSlots)
+ARCHIVE: Channel[ArchiveItem] = Channel("archive", ArchiveItem)

@@ -101,6 +101,20 @@ def get() -> SimpleNamespace:
                 ["camera_id"],
                 multiprocess_mode="livemax",
             ),
+            archive_written=Counter("inspector_archive_written_total", "Frames stored in the reject archive"),
+            archive_skipped=Counter(
+                "inspector_archive_skipped_total",
+                "Frames the archive did not store: behind (queue full or worker stopped), disk_floor, error",
+                ["reason"],
+            ),
+            archive_disk_low=Gauge(
+                "inspector_archive_disk_low",
+                "1 while the archive stopped writing because free disk is below archive.min_free_mb",
+                multiprocess_mode="livemax",
+            ),
+            archive_bytes=Gauge(
+                "inspector_archive_bytes", "Bytes of images the archive holds", multiprocess_mode="livemax"
+            ),
             service_ms=Gauge(
                 "inspector_service_time_per_frame_ms",
                 "Measured inference time per frame (moving average) used for admission",
@@ -128,8 +142,9 @@ LABELS = {
     ],
     "drops": ["ring_full", "queue_full", "admission"],
     "timeouts": ["stale", "queue", "predicted", "inference", "late", "publisher"],
-    "restarts": ["ingest", "inference"],
-    "hung": ["ingest", "inference", "publisher"],
+    "restarts": ["ingest", "inference", "archive"],
+    "hung": ["ingest", "inference", "publisher", "archive"],
+    "archive_skipped": ["behind", "disk_floor", "error"],
     "reloads": ["ok", "refused", "failed"],
 }
 

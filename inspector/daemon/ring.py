@@ -63,7 +63,7 @@ class SlotRing:
 
     def __init__(self, name: str, slots: int, height: int, width: int, create: bool) -> None:
         self.slots, self.height, self.width = slots, height, width
-        size = slots * height * width + slots * 8
+        size = 2 * slots * height * width + 2 * slots * 8
         self._owner = create
         # Workers are spawned by the supervisor and share its resource tracker, so attaching (which
         # registers the name again on Python < 3.13) is a no-op there; unregistering here would drop
@@ -72,8 +72,16 @@ class SlotRing:
         self.shm = shared_memory.SharedMemory(name=name, create=create, size=size)
         self.owner = np.ndarray((slots,), np.int64, buffer=self.shm.buf, offset=0)
         self.frames = np.ndarray((slots, height, width), np.uint8, buffer=self.shm.buf, offset=slots * 8)
+        # The frame the defect classifier saw (after denoising), written by inference for routed frames;
+        # ``inspected_owner[slot]`` names the ticket it belongs to. Read by the publisher for the archive.
+        off = slots * 8 + slots * height * width
+        self.inspected_owner = np.ndarray((slots,), np.int64, buffer=self.shm.buf, offset=off)
+        self.inspected = np.ndarray(
+            (slots, height, width), np.uint8, buffer=self.shm.buf, offset=off + slots * 8
+        )
         if create:
             self.owner[:] = EMPTY
+            self.inspected_owner[:] = EMPTY
         self.name = self.shm.name
 
     @classmethod
@@ -92,6 +100,19 @@ class SlotRing:
         intact = self.owner[slots] == np.asarray(tickets, np.int64)
         return frames, intact
 
+    def write_inspected(self, slot: int, ticket: int, image: np.ndarray) -> None:
+        self.inspected_owner[slot] = EMPTY
+        self.inspected[slot] = image
+        self.inspected_owner[slot] = ticket
+
+    def snapshot(self, slot: int, ticket: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Copies of the frame in ``slot`` and of what the classifier saw, each only if it is ``ticket``'s."""
+        frame = self.frames[slot].copy()
+        inspected = self.inspected[slot].copy() if self.inspected_owner[slot] == ticket else None
+        if self.owner[slot] != ticket:
+            return None, None
+        return frame, inspected
+
     @classmethod
     def attach(cls, name: str, slots: int, height: int, width: int) -> SlotRing:
         return cls(name, slots, height, width, create=False)
@@ -100,7 +121,7 @@ class SlotRing:
         """Detach; the creator also unlinks the segment (idempotent)."""
         if getattr(self, "frames", None) is None:
             return
-        del self.frames, self.owner
+        del self.frames, self.owner, self.inspected, self.inspected_owner
         self.frames = None  # type: ignore[assignment]
         self.shm.close()
         if self._owner:

@@ -48,7 +48,10 @@ WORKERS = {
     "publisher": "inspector.daemon.workers.publisher:PublisherWorker",
     "inference": "inspector.daemon.workers.inference:InferenceWorker",
     "ingest": "inspector.daemon.workers.ingest:IngestWorker",
+    "archive": "inspector.daemon.workers.archive:ArchiveWorker",
 }
+# Off the verdict path: not part of readiness, restarted on its own budget, never stops the daemon.
+OPTIONAL = ("archive",)
 
 
 class State(Enum):
@@ -86,7 +89,8 @@ class Supervisor:
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
-        s = self.settings
+        self.settings = s = _resolve_archive(self.settings)
+        self._pending_settings = s
         try:
             manifest = load_manifest(s.engines.path)
         except ValueError as exc:
@@ -116,8 +120,8 @@ class Supervisor:
             reload_gen=self.ctx.RawValue("Q", 0),
             ingest_gen=self.ctx.RawValue("Q", 0),
             ingest_ready=self.ctx.RawValue("i", 0),
-            stop=self.ctx.RawArray("i", 3),
-            alive=self.ctx.RawArray("Q", 3),
+            stop=self.ctx.RawArray("i", 4),
+            alive=self.ctx.RawArray("Q", 4),
             service_ns=self.ctx.RawValue("Q", 0),
             healthy=self.ctx.RawValue("i", 0),
             reload_done=self.ctx.RawValue("Q", 0),
@@ -137,6 +141,8 @@ class Supervisor:
                 url=f"http://{s.metrics.host}:{self.http.port}",
                 paths=["/metrics", "/healthz", "/readyz"],
             )
+        if s.archive.dir is not None:
+            self._spawn("archive")
         self._spawn("publisher")
         self._spawn("inference")
         self._wait_ready()
@@ -223,7 +229,7 @@ class Supervisor:
             self.state is State.READY
             and bool(self.shared.ready.value)
             and bool(self.shared.ingest_ready.value)
-            and all(p.is_alive() for p in self.procs.values())
+            and all(p.is_alive() for r, p in self.procs.items() if r not in OPTIONAL)
             and not self._hung(now)
         )
 
@@ -331,6 +337,9 @@ class Supervisor:
                 )
                 return False
             now = time.monotonic()
+            if role in OPTIONAL:
+                self._restart_optional(role, now)
+                continue
             while self.restarts and now - self.restarts[0] > self.settings.supervisor.restart_window_s:
                 self.restarts.popleft()
             if len(self.restarts) >= self.settings.supervisor.max_restarts:
@@ -351,13 +360,29 @@ class Supervisor:
                 CONTROL.send(self.control, Reseed(int(self.shared.ingest_gen.value)))
         return True
 
+    def _restart_optional(self, role: str, now: float) -> None:
+        """Restart an off-path worker on its own budget; past it, carry on without (logged)."""
+        window = self.settings.supervisor.restart_window_s
+        self.optional_restarts = [t for t in getattr(self, "optional_restarts", []) if now - t <= window]
+        if len(self.optional_restarts) >= self.settings.supervisor.max_restarts:
+            self.log.error(
+                "worker keeps dying; carrying on without it (verdicts are unaffected)", worker=role
+            )
+            del self.procs[role]
+            return
+        self.optional_restarts.append(now)
+        self.m.restarts.labels(role).inc()
+        self._spawn(role)
+
     def reload(self) -> None:
         """Phase one of SIGHUP: validate, hand the new settings to inference; READY comes in phase two."""
         if self.reload_pending is not None:
             self.log.warning("reload already in progress; this SIGHUP is folded into it")
         self.notifier.reloading()
         try:
-            new = load_settings(self.config_path, self.overrides)
+            new = _resolve_archive(load_settings(self.config_path, self.overrides))
+            if new.archive.dir != self.settings.archive.dir:
+                raise ValueError("archive.dir changed: restart the daemon to move the archive")
             manifest = load_manifest(new.engines.path)
             if (manifest.frame_size, manifest.frame_size) != self.frame_size:
                 raise ValueError(
@@ -416,6 +441,9 @@ class Supervisor:
         if "publisher" in self.procs and self.procs["publisher"].is_alive():
             CONTROL.send(self.control, Stop())
             self.procs["publisher"].join(timeout)
+        if "archive" in self.procs and shared is not None:
+            shared.stop[STOP_INDEX["archive"]] = 1
+            self.procs["archive"].join(timeout)
         for role, p in self.procs.items():
             if p.is_alive():
                 self.log.warning("worker did not exit in time; killing", worker=role, pid=p.pid)
@@ -432,6 +460,14 @@ class Supervisor:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.state = State.STOPPED
         self.log.info("stopped", exit_code=self.exit_code)
+
+
+def _resolve_archive(s: Settings) -> Settings:
+    """Fix the archive folder once ($STATE_DIRECTORY/archive when unset), so every worker agrees."""
+    folder = s.archive.folder()
+    if folder is None or s.archive.dir == folder:
+        return s
+    return s.model_copy(update={"archive": s.archive.model_copy(update={"dir": folder})})
 
 
 def serve(settings: Settings, config_path: Path | None = None, overrides: list[str] | None = None) -> int:

@@ -212,6 +212,8 @@ def test_demo_streams_the_photographs_as_jpeg_and_scores_them(casting: Path):
             "40",
             "--rate",
             "10",
+            "--page-port",
+            "0",
         ],
         capture_output=True,
         text=True,
@@ -219,6 +221,8 @@ def test_demo_streams_the_photographs_as_jpeg_and_scores_them(casting: Path):
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "as JPEG" in out.stdout
+    archive = re.search(r"reject archive \(.*\): (\S+)", out.stdout)
+    assert archive is not None and (Path(archive[1]) / "index.sqlite3").is_file(), out.stdout
     m = re.search(r"verdicts received\s+(\d+)\s+\(missing (\d+), duplicated (\d+)", out.stdout)
     assert m is not None, out.stdout
     assert (int(m[1]), int(m[2]), int(m[3])) == (40, 0, 0)

@@ -41,8 +41,11 @@ def test_the_runtime_profile_installs_without_torch_and_serves_a_demo(tmp_path: 
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     demo = subprocess.run(
-        [str(venv / "bin" / "inspector"), "demo", "--engines", str(SYNTHETIC), "--count", "40", "--rate", "20"],
+        [str(venv / "bin" / "inspector"), "demo", "--engines", str(SYNTHETIC), "--count", "40", "--rate", "20",
+         "--page-port", "0"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "verdicts received        40  (missing 0, duplicated 0" in demo.stdout, demo.stdout
+    assert "operator page: http://127.0.0.1:" in demo.stdout, demo.stdout  # its assets ship in the wheel
+    assert "reject archive" in demo.stdout

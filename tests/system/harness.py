@@ -106,7 +106,7 @@ class Daemon:
         out = {}
         for c in children(self.proc.pid):
             t = title(c)
-            m = re.search(r"inspector\.(ingest|inference|publisher)", t)
+            m = re.search(r"inspector\.(ingest|inference|publisher|archive)", t)
             if m:
                 out[m.group(1)] = c
         return out

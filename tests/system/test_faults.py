@@ -26,19 +26,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector import noise as nz
 from inspector.manifest import sha256_file
-from inspector.tools.synthetic import ImpellerGenerator
 from tests.system.harness import Daemon, assert_exactly_one, kinds, rss_mb
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pool() -> list[np.ndarray]:
-    g = ImpellerGenerator(seed=5)
-    rng = np.random.default_rng(1)
-    return [nz.apply_random(g.sample(i).image, nz.NOISE_TYPES[i % 4], rng) for i in range(24)]
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:

@@ -38,8 +38,8 @@ class Shared:
     reload_gen: Any  # RawValue('Q'): bumped by the supervisor on SIGHUP
     ingest_gen: Any  # RawValue('Q'): bumped by the supervisor before each ingest (re)start
     ingest_ready: Any  # RawValue('i'): 1 once the ingest worker holds its free-slot list
-    stop: Any  # RawArray('i', 3): drain requests for ingest, inference, publisher
-    alive: Any  # RawArray('Q', 3): each worker's liveness stamp (monotonic ns of its last loop turn)
+    stop: Any  # RawArray('i', 4): drain requests for ingest, inference, publisher, archive
+    alive: Any  # RawArray('Q', 4): each worker's liveness stamp (monotonic ns of its last loop turn)
     service_ns: Any  # RawValue('Q'): inference's measured time per frame (moving average), for admission
     healthy: Any  # RawValue('i'): the supervisor's one readiness answer (readyz, heartbeats, metric)
     reload_done: Any  # RawValue('Q'): the reload generation inference has swapped in
@@ -58,7 +58,7 @@ class WorkerSpec:
     settings_file: str
 
 
-STOP_INDEX = {"ingest": 0, "inference": 1, "publisher": 2}
+STOP_INDEX = {"ingest": 0, "inference": 1, "publisher": 2, "archive": 3}
 
 
 def endpoint(runtime_dir: str, name: str) -> str:

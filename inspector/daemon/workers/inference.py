@@ -72,6 +72,7 @@ class InferenceWorker(Worker):
         self.results.setsockopt(zmq.LINGER, 2000)
         self.results.connect(endpoint(rd, "results"))
         self.reload_gen = int(self.shared.reload_gen.value)
+        self.keep_inspected = self.settings.archive.dir is not None  # resolved by the supervisor
         self._loader: threading.Thread | None = None
         self._loaded: tuple[Settings, Any] | None = None
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
@@ -270,6 +271,8 @@ class InferenceWorker(Worker):
         for stage, ms in stage_ms.items():
             self.m.stage_ms.labels(stage).observe(ms)
         for job, r, bright, contrast in zip(live, results, *looks, strict=True):
+            if self.keep_inspected and r.inspected is not None:
+                self.ring.write_inspected(job.slot, job.ticket, r.inspected)
             found = Inspection(
                 defect_score=r.score,
                 threshold=r.threshold,

@@ -13,18 +13,22 @@ out every ``heartbeat_interval_s`` so bridges can fail safe on silence.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections import OrderedDict
+from typing import Any
 
 import zmq
 
 from inspector.daemon import metrics
 from inspector.daemon.health import Cameras, HealthLimits
 from inspector.daemon.messages import (
+    ARCHIVE,
     CONTROL,
     FREE,
     RESULTS,
     Accepted,
+    ArchiveItem,
     FrameIds,
     FreeSlots,
     Inspection,
@@ -120,6 +124,19 @@ class PublisherWorker(Worker):
         self.next_sweep = 0.0
         self.grace_ns = int(max(s.batching.deadline_ms * 0.25, 250) * 1e6)
         self.cameras = Cameras(HealthLimits(**s.health.model_dump()))
+        self.archive: zmq.Socket[Any] | None = None
+        if s.archive.dir is not None:  # resolved by the supervisor
+            from inspector.daemon.ring import SlotRing
+
+            self.ring = SlotRing.attach(self.spec.ring_name, self.spec.ring_slots, *self.spec.frame_size)
+            self.archive = self.ctx.socket(zmq.PUSH)
+            self.archive.setsockopt(zmq.SNDHWM, s.archive.queue)
+            self.archive.setsockopt(zmq.LINGER, 0)
+            # Queue only to a live archive worker: while none is connected (dead, restarting) a send
+            # fails at once and the frame is counted as skipped, instead of vanishing with a dead pipe.
+            self.archive.setsockopt(zmq.IMMEDIATE, 1)
+            self.archive.connect(endpoint(rd, "archive"))
+            self.sample = random.Random(0)
         self.log.info("publishing", endpoint=s.publish.endpoint)
 
     def run_loop(self) -> bool:
@@ -241,8 +258,11 @@ class PublisherWorker(Worker):
             "model_version": found.model_version if found else self.model_version,
             "published_ns": time.time_ns(),
         }
-        self.pub.send_multipart(encode_message(TOPIC_VERDICT, body))
+        parts = encode_message(TOPIC_VERDICT, body)
+        self.pub.send_multipart(parts)
         self.m.verdicts.labels(verdict.value).inc()
+        if self.archive is not None:
+            self._archive(verdict, parts[1], slot, ticket)
         if found is not None and ids.camera_id is not None:
             self._health(ids.camera_id, found)
         self.m.e2e_ms.observe(total_ms)
@@ -261,6 +281,30 @@ class PublisherWorker(Worker):
                 camera_id=body["camera_id"],
                 frame_id=body["frame_id"],
             )
+
+    def _archive(self, verdict: Verdict, body: bytes, slot: int | None, ticket: int) -> None:
+        """Hand the verdict (and its pixels, copied before the slot is freed) to the archive worker.
+
+        Never blocks: when the archive worker is behind (its queue is full, or it is stopped or dead)
+        the frame is skipped and counted. Every non-PASS verdict is offered, and a sample of PASS."""
+        s = self.settings.archive
+        if verdict is Verdict.PASS and self.sample.random() >= s.pass_sample:
+            return
+        frame = inspected = None
+        if slot is not None:
+            frame, inspected = self.ring.snapshot(slot, ticket)
+        h, w = self.spec.frame_size
+        item = ArchiveItem(
+            verdict=body,
+            height=h,
+            width=w,
+            frame=frame.tobytes() if frame is not None else None,
+            inspected=inspected.tobytes() if inspected is not None else None,
+        )
+        try:
+            ARCHIVE.send(self.archive, item, zmq.NOBLOCK)  # type: ignore[arg-type]
+        except zmq.Again:
+            self.m.archive_skipped.labels("behind").inc()
 
     def _health(self, camera_id: str, found: Inspection) -> None:
         changed = self.cameras.add(
@@ -332,6 +376,9 @@ class PublisherWorker(Worker):
         self.inbox.close(0)
         self.control.close(0)
         self.free.close(0)
+        if self.archive is not None:
+            self.archive.close(0)
+            self.ring.close()
         self.pub.close(self.settings.publish.linger_ms)
         if self.guard is not None:
             self.guard.close()

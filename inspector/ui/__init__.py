@@ -1,0 +1,1 @@
+"""The operator page: a small HTTP server and the page's own assets (no CDN)."""
