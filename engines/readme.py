@@ -181,6 +181,18 @@ def bench_block(r: dict[str, Any]) -> str:
             f"{b['heartbeat_misses'] * b['heartbeat_interval_s']:g} s "
             f"({_met(b['failsafe_after_last_heartbeat_s'] <= b['heartbeat_misses'] * b['heartbeat_interval_s'])}).",
         ]
+    if "archive" in r:
+        a = r["archive"]
+        on = [x for x in a["runs"] if x["archive"] == "on"]
+        rows += [
+            "",
+            f"Reject archive: daemon goodput at {a['offered_fps']:.1f} frames/s offered (overload, so goodput is "
+            f"capacity), runs alternated off/on/off/on: {a['goodput_off_fps']:.1f} frames/s off, "
+            f"{a['goodput_on_fps']:.1f} on ({a['ratio_on_vs_off']:.1%} of off; target within 5%: "
+            f"{_met(a['ratio_on_vs_off'] >= a['target_ratio'])}). With it on, "
+            + ", ".join(f"{x['archived']} entries for {x['non_pass_verdicts']} non-PASS verdicts" for x in on)
+            + f" ({on[-1]['archive_mb']:.1f} MB per run).",
+        ]
     if "int8" in r:
         st = r["int8"]["stage_ms_per_frame"]
         rows += [
