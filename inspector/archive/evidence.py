@@ -41,7 +41,9 @@ def occlusion_map(
             heat[y : y + patch, x : x + patch] += max(base - float(s), 0.0)
             hits[y : y + patch, x : x + patch] += 1
     heat = heat / np.maximum(hits, 1)
-    heat = cv2.GaussianBlur(heat, (0, 0), stride / 2)  # the squares' edges are the method's, not the part's
+    heat = np.asarray(
+        cv2.GaussianBlur(heat, (0, 0), stride / 2), np.float64
+    )  # the squares' edges are the method's, not the part's
     peak = heat.max()
     return (heat / peak if peak > 0 else heat), base
 
