@@ -25,7 +25,7 @@ venv: $(STAMP) ## create .venv and install the project with its build and dev ex
 
 RUNTIME_VENV ?= /opt/line-inspector/.venv
 EXTRAS ?=
-install-runtime: ## a line host's venv: the runtime alone, no torch (RUNTIME_VENV=..., EXTRAS=gpu for TensorRT + pycuda)
+install-runtime: ## a line host's venv: the runtime alone, no torch (RUNTIME_VENV=..., EXTRAS=gpu,rebuild for TensorRT + pycuda and the INT8 re-quantizer)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RUNTIME_VENV)/bin/python -m pip install -q '.$(if $(EXTRAS),[$(EXTRAS)])'

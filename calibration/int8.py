@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from inspector import noise as nz
+
 QUANTIZED_OPS = ["Conv", "Gemm"]
 
 
@@ -88,3 +90,27 @@ def count_qdq(path: Path) -> dict[str, int]:
         "Conv": ops.count("Conv"),
         "MatMul": ops.count("MatMul"),
     }
+
+
+def calibration_set(source: str, count: int, seed: int) -> np.ndarray:
+    """Frames as the line sees them: the calibration split of a build data set (``synthetic``, or a
+    ``<root>/train|test/<class>/`` tree such as the casting photographs: carved from ``train``, never
+    the test split) with noise added, or any other folder of images (recorded with ``inspector record``)
+    as they are."""
+    if source == "synthetic" or ((Path(source) / "train").is_dir() and (Path(source) / "test").is_dir()):
+        from engines.data import load_split  # numpy + OpenCV only: no torch
+
+        split = load_split(source, "calib", count, seed, progress=False)
+        frames = split.frames.copy()
+        for i in range(len(frames)):
+            frames[i] = nz.apply_random(
+                frames[i], nz.NOISE_TYPES[i % 4], np.random.default_rng([seed, 901, i])
+            )
+        return frames
+    root = Path(source)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+        raise ValueError(f"no images to calibrate on under {str(root)!r}")
+    from inspector.tools.folder import read_gray  # any images will do: no class folders needed
+
+    return np.stack([read_gray(p, 300) for p in files[:count]])

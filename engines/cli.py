@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "rebuild",
-        help="rebuild what an engine set needs on this machine: verify ONNX, INT8 set, TensorRT plans",
+        help="the same as `inspector rebuild` (verify ONNX, INT8 set, TensorRT plans); that one needs no torch",
     )
     p.add_argument(
         "--engines",
@@ -298,37 +298,10 @@ def _check_arch(arch: str, checkpoint: Path) -> None:
 
 
 def rebuild(args: argparse.Namespace, command: str) -> None:
-    """Verify the ONNX set, optionally quantize it, then build TensorRT plans where TensorRT and a GPU exist."""
-    from inspector.backends.tensorrt import TensorRTUnavailable
-    from inspector.manifest import load_manifest
+    """Kept for old timers: the same as ``inspector rebuild`` (which needs no torch)."""
+    from inspector.rebuild import rebuild as run
 
-    sets = [args.engines]
-    m = load_manifest(args.engines)
-    print(f"ONNX engine set {args.engines} ({m.model_version}): every file matches its sha256")
-    if args.int8_out is not None:
-        from engines.quantize import quantize_set
-
-        qargs = argparse.Namespace(
-            engines=args.engines,
-            out=args.int8_out,
-            calib_data="auto",
-            calib_frames=256,
-            test_frames=None,
-            quiet=args.quiet,
-        )
-        quantize_set(qargs, command)
-        sets.append(args.int8_out)
-        print(f"INT8 engine set written to {args.int8_out}")
-    for engine_set in sets:
-        try:
-            from engines.trt_build import build_set
-
-            meta = build_set(engine_set, args.max_batch)
-            print(
-                f"TensorRT plans for {engine_set}: TensorRT {meta['tensorrt']} on {meta['gpu']} (sm {meta['compute_capability']})"
-            )
-        except TensorRTUnavailable as exc:
-            print(f"skipping the TensorRT step for {engine_set}: {exc}")
+    run(args.engines, args.int8_out, "auto", 256, args.max_batch, command, not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

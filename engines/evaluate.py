@@ -31,6 +31,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from calibration.metrics import binary_metrics
+from calibration.operating_point import pipeline_scores
 from inspector import noise as nz
 from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, median3
 from inspector.pipeline import Pipeline
@@ -57,19 +58,6 @@ def batched(
     for i in tqdm(range(0, len(frames), batch), desc=desc, disable=not progress, leave=False):
         outs.append(fn(frames[i : i + batch]))
     return np.concatenate(outs)
-
-
-def pipeline_scores(
-    pipe: Pipeline, frames: np.ndarray, desc: str = "pipeline", progress: bool = True, batch: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Defect score and the noise type the pipeline called, per frame, through the full pipeline."""
-    scores: list[float] = []
-    kinds: list[str] = []
-    for i in tqdm(range(0, len(frames), batch), desc=desc, disable=not progress, leave=False):
-        for r in pipe.run(frames[i : i + batch]):
-            scores.append(r.score)
-            kinds.append(r.noise_type)
-    return np.array(scores, np.float64), np.array(kinds)
 
 
 def _to_unit(img: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration import operating_point
 from calibration.threshold import calibrate, plot_calibration
 from engines import evaluate as ev
 from engines.data import load_split, synthetic_seed
@@ -73,15 +74,6 @@ def git_revision() -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def calibration_frames(frames: np.ndarray, seed: int) -> np.ndarray:
-    """The calibration split as the line sees it: frame i clean if i % 4 == 0, else a noise type at a training-range level."""
-    out = frames.copy()
-    for i in range(len(frames)):
-        kind = nz.NOISE_TYPES[i % 4]
-        out[i] = nz.apply_random(frames[i], kind, np.random.default_rng([seed, 900, i]))
-    return out
 
 
 def _stage_entries(ckdir: Path, out: Path, profile: Profile) -> dict[str, StageEntry]:
@@ -277,15 +269,7 @@ def calibration_scores(
     pipe: Pipeline, data: str, profile: Profile, seed: int, progress: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, defect scores and called noise types of the calibration split, through ``pipe``."""
-    calib = load_split(data, "calib", profile.calib_frames, seed, progress)
-    frames, labels = calib.frames, calib.labels
-    # A folder's calibration split is small (10% of train): each photograph is used up to four times,
-    # so it appears under several noise types (frame i's type is i % 4, and the split's size shifts it).
-    reps = max(1, min(4, profile.calib_frames // max(len(frames), 1)))
-    frames, labels = np.concatenate([frames] * reps), np.concatenate([labels] * reps)
-    frames = calibration_frames(frames, seed)
-    scores, kinds = ev.pipeline_scores(pipe, frames, "calibration", progress)
-    return labels, scores, kinds
+    return operating_point.calibration_scores(pipe, data, profile.calib_frames, seed, progress)
 
 
 def _prior_commands(ckdir: Path) -> list[str]:

@@ -14,109 +14,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from calibration.int8 import count_qdq, quantize_model
 from calibration.threshold import paired_bootstrap
 from engines import evaluate as ev
 from engines.data import load_split
-from engines.package import calibrate_set, calibration_scores, evaluate_set, library_versions
+from engines.package import calibration_scores, evaluate_set, library_versions
 from engines.profiles import get_profile
-from inspector import noise as nz
-from inspector.manifest import load_manifest, sha256_file, write_manifest
+from inspector.manifest import load_manifest
 from inspector.pipeline import Pipeline
-
-
-def calibration_set(source: str, count: int, seed: int) -> np.ndarray:
-    """Frames as the line sees them: the calibration split of a build data set (``synthetic``, or a
-    ``<root>/train|test/<class>/`` tree such as the casting photographs: carved from ``train``, never
-    the test split) with noise added, or any other folder of images (recorded with ``inspector record``)
-    as they are."""
-    if source == "synthetic" or ((Path(source) / "train").is_dir() and (Path(source) / "test").is_dir()):
-        split = load_split(source, "calib", count, seed, progress=False)
-        frames = split.frames.copy()
-        for i in range(len(frames)):
-            frames[i] = nz.apply_random(
-                frames[i], nz.NOISE_TYPES[i % 4], np.random.default_rng([seed, 901, i])
-            )
-        return frames
-    root = Path(source)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not files:
-        raise ValueError(f"no images to calibrate on under {str(root)!r}")
-    from inspector.tools.folder import read_gray  # any images will do: no class folders needed
-
-    return np.stack([read_gray(p, 300) for p in files[:count]])
+from inspector.rebuild import int8_set
 
 
 def quantize_set(args: argparse.Namespace, command: str) -> dict[str, Any]:
     src: Path = args.engines
     out: Path = args.out
     fp32 = load_manifest(src)
-    if args.calib_data == "auto":
-        args.calib_data = fp32.data
-    frames = calibration_set(args.calib_data, args.calib_frames, fp32.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = {}
-    for name, entry in fp32.stages.items():
-        path = quantize_model(src / entry.file, out / entry.file, frames)
-        stages[name] = entry.model_copy(
-            update={"sha256": sha256_file(path), "training": {**entry.training, "int8_qdq": count_qdq(path)}}
-        )
-        print(f"quantized {name}: {count_qdq(path)}", flush=True)
-    manifest = fp32.model_copy(
-        update={
-            "model_version": fp32.model_version + "-int8",
-            "precision": "int8-qdq",
-            "command": fp32.command + " && " + command,
-            "stages": stages,
-            "checkpoints": {},
-            "versions": library_versions(),
-            "calibration": {
-                **fp32.calibration,
-                "int8": {
-                    "frames": len(frames),
-                    "source": args.calib_data,
-                    "method": "minmax, symmetric, per-channel weights",
-                },
-            },
-        }
-    )
-    write_manifest(out, manifest)
-
-    profile = get_profile(fp32.profile, test_frames=args.test_frames)
     progress = not args.quiet
+    manifest, found = int8_set(
+        src, out, args.calib_data, args.calib_frames, command, progress, library_versions()
+    )
+    if found is None:
+        raise ValueError(
+            f"the set's data {fp32.data!r} is not here: inspector-build quantize evaluates the INT8 set on it "
+            "(inspector rebuild --int8-out quantizes without it)"
+        )
+    cal, labels, s8 = found["cal"], found["labels"], found["scores"]
+    profile = get_profile(fp32.profile, test_frames=args.test_frames)
     t0 = time.time()
     p8 = Pipeline.from_manifest(out)
-    # Its own operating point: INT8 scores shift a little, and the float32 threshold sits where the
-    # score distribution is dense, so the INT8 set is calibrated like the float32 one, on the same split.
-    cal, labels, s8, _ = calibrate_set(p8, fp32.data, profile, fp32.seed, fp32.escape_target, None, progress)
     # The same split through float32: how far apart the two operating points are, beside how far one
     # set's own operating point moves between samples of the split.
     p32 = Pipeline.from_manifest(src)
     _, s32, kinds32 = calibration_scores(p32, fp32.data, profile, fp32.seed, progress)
     boot = paired_bootstrap(labels, kinds32, s32, s8, fp32.escape_target)
-    manifest = manifest.model_copy(
-        update={
-            "threshold": cal["threshold"],
-            "thresholds": cal["thresholds"],
-            "calibration": {
-                **manifest.calibration,
-                "int8": {
-                    **manifest.calibration["int8"],
-                    "threshold": cal["threshold"],
-                    "thresholds": cal["thresholds"],
-                },
-                "metrics": cal["calibration_metrics"],
-            },
-        }
-    )
-    write_manifest(out, manifest)
-    print(
-        f"INT8 threshold {cal['threshold']:.5f} (float32 {fp32.threshold:.5f}) for escape target "
-        f"{fp32.escape_target}",
-        flush=True,
-    )
     rep8 = evaluate_set(p8, fp32.data, profile, fp32.seed, out / "figures", progress)
     test = load_split(fp32.data, "test", 64, fp32.seed, progress=False)
     speed = {

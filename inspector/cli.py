@@ -8,6 +8,7 @@
   inspector record                save frames a camera sends (PNG), e.g. for INT8 calibration
   inspector keys NAME             generate a CURVE key pair for authenticated sockets
   inspector bridge modbus|opcua   PLC bridge: verdicts as Modbus registers / OPC UA nodes (docs/plc.md)
+  inspector rebuild               verify an engine set, re-quantize INT8, build TensorRT plans (no torch)
   inspector archive ...           the reject archive: list, show (with --evidence), export, prune
   inspector ui                    the operator page: live counts, rejects gallery, health (docs/operations.md)
 
@@ -223,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from inspector.archive.cli import add_parser as archive_parser
+    from inspector.rebuild import add_parser as rebuild_parser
     from inspector.ui.server import add_parser as ui_parser
 
     archive_parser(sub, _config_args)
     ui_parser(sub, _config_args)
+    rebuild_parser(sub)
 
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
     p.add_argument(
@@ -557,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         from inspector.archive.cli import run
 
         return run(args)
+    if args.cmd == "rebuild":
+        from inspector.rebuild import run as run_rebuild
+
+        return run_rebuild(args)
     if args.cmd == "ui":
         from inspector.ui.server import run as run_ui
 

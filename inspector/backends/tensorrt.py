@@ -59,7 +59,34 @@ def check_plans(meta: dict[str, Any], trt_version: str, identity: dict[str, str]
     if built != here:
         raise EngineError(
             f"TensorRT plans were built for TensorRT {built[0]} on {built[1]} (sm {built[2]}), this machine has "
-            f"TensorRT {here[0]} on {here[1]} (sm {here[2]}): rebuild them here with `inspector-build rebuild`"
+            f"TensorRT {here[0]} on {here[1]} (sm {here[2]}): rebuild them here with `inspector rebuild`"
+        )
+
+
+def check_plan_record(rec: dict[str, Any], onnx: Path, plan: Path) -> None:
+    """Refuse a stale plan (built from another ONNX file than the set's now) or a damaged one."""
+    from inspector.manifest import sha256_file
+
+    if rec.get("onnx_sha256") != sha256_file(onnx):
+        raise EngineError(
+            f"the TensorRT plan {plan.name} was built from another {onnx.name} than the one in the set now "
+            "(stale after an engine update): rebuild the plans with `inspector rebuild`"
+        )
+    if rec.get("sha256") != sha256_file(plan):
+        raise EngineError(f"the TensorRT plan {plan} does not match its sha256 in plans.json: rebuild it")
+
+
+def require_strongly_typed(version: str) -> None:
+    """TensorRT 11 builds every network strongly typed (precision from the Q/DQ ONNX); 10 would build the
+    INT8 file weakly typed and free to pick its own precisions, so it is refused."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise TensorRTUnavailable(f"cannot read the TensorRT version {version!r}") from None
+    if major < 11:
+        raise TensorRTUnavailable(
+            f"TensorRT {version} is too old: this project needs TensorRT 11 or newer (strongly typed networks); "
+            "pip install 'tensorrt>=11'"
         )
 
 
@@ -103,7 +130,7 @@ class TensorRTEngine:
         meta_path = plans / "plans.json"
         if not meta_path.is_file():
             raise EngineError(
-                f"no TensorRT plans in {str(plans)!r}: build them on this machine with `inspector-build rebuild`"
+                f"no TensorRT plans in {str(plans)!r}: build them on this machine with `inspector rebuild`"
             )
         meta = json.loads(meta_path.read_text())
         cuda.init()
@@ -112,13 +139,14 @@ class TensorRTEngine:
         try:
             check_plans(meta, trt.__version__, gpu_identity())
             rec = next(p for p in meta["plans"] if p["stage"] == name)
+            check_plan_record(rec, Path(path), plans / rec["file"])
             self.profiles = [tuple(p) for p in rec["profiles"]]
             self.logger = trt.Logger(trt.Logger.WARNING)
             self.runtime = trt.Runtime(self.logger)
             self.engine = self.runtime.deserialize_cuda_engine((plans / rec["file"]).read_bytes())
             if self.engine is None:
                 raise EngineError(
-                    f"TensorRT could not deserialize {rec['file']}: rebuild with `inspector-build rebuild`"
+                    f"TensorRT could not deserialize {rec['file']}: rebuild with `inspector rebuild`"
                 )
             names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
             self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -209,6 +237,37 @@ extern "C" __global__ void impulse_median(const unsigned char* src, unsigned cha
 """
 
 
+class EventPool:
+    """CUDA events by name (``uploaded7``, ``done7``: kind + batch number), dropped once no schedule step
+    can still name them: the schedule waits on batch N - 2 at most, so events of batches older than
+    N - ``keep`` are released when batch N's first event is made. pycuda destroys an event when its last
+    reference goes (``cuEventDestroy``; CUDA defers the release while a stream still waits on it)."""
+
+    def __init__(self, create: Any, keep: int = 3) -> None:
+        self.create, self.keep = create, keep
+        self.events: dict[str, Any] = {}
+        self.newest = -(10**9)
+
+    @staticmethod
+    def batch(name: str) -> int:
+        digits = name[len(name.rstrip("0123456789-")) :]
+        return int(digits) if digits.lstrip("-").isdigit() else 0
+
+    def get(self, name: str) -> Any:
+        ev = self.events.get(name)
+        if ev is None:
+            ev = self.events[name] = self.create()
+            n = self.batch(name)
+            if n > self.newest:
+                self.newest = n
+                for old in [k for k in self.events if self.batch(k) < n - self.keep]:
+                    del self.events[old]
+        return ev
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
 class PycudaExecutor:
     """Runs a :class:`~inspector.streams.StreamScheduler` schedule on the GPU.
 
@@ -247,16 +306,14 @@ class PycudaExecutor:
                 self.dev[name] = cuda.mem_alloc(max_batch * nbytes)
                 self.item_bytes[name] = nbytes
         self.streams = {"copy": cuda.Stream(), "compute": cuda.Stream()}
-        self.events: dict[str, Any] = {}
+        self.events = EventPool(cuda.Event)
         self.median = SourceModule(MEDIAN_KERNEL, no_extern_c=True).get_function("impulse_median")
 
     def host(self, name: str) -> np.ndarray:
         return self.host_bufs[name]
 
     def _event(self, name: str) -> Any:
-        if name not in self.events:
-            self.events[name] = self.cuda.Event()
-        return self.events[name]
+        return self.events.get(name)
 
     def _ptr(self, buf: str, index: int = 0) -> int:
         return int(self.dev[buf]) + index * self.item_bytes[buf]
@@ -301,6 +358,7 @@ class PycudaExecutor:
         for d in self.dev.values():
             d.free()
         self.dev = {}
+        self.events.clear()
         self.ctx.pop()
         self.ctx.detach()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -195,4 +196,64 @@ def test_batch_runner_turns_a_failure_into_that_batchs_outcome_only(tiny_engines
     good = runner.step(batches[1], "good")
     assert bad[0][0] == "bad" and isinstance(bad[0][1], ValueError)
     assert good[0][0] == "good" and len(good[0][1]) == len(batches[1]) and not runner.busy
+    pipe.close()
+
+
+class CountedEvent:
+    """Stands in for pycuda's Event (no GPU here): counts creations and destructions."""
+
+    live = 0
+    made = 0
+
+    def __init__(self) -> None:
+        CountedEvent.live += 1
+        CountedEvent.made += 1
+
+    def __del__(self) -> None:
+        CountedEvent.live -= 1
+
+
+class PooledExecutor(SimulatedExecutor):
+    """The simulated GPU with events held as PycudaExecutor holds them (an EventPool): every wait must
+    find the very event its record made, and old events must go."""
+
+    def __init__(self, *a, **kw) -> None:
+        from inspector.backends.tensorrt import EventPool
+
+        super().__init__(*a, **kw)
+        self.pool = EventPool(CountedEvent)
+        self.recorded: dict[str, weakref.ref] = {}  # weak: the test must not keep events alive itself
+        self.peak = 0
+
+    def submit(self, op: Op) -> None:
+        if op.kind == "record":
+            self.recorded[op.args["event"]] = weakref.ref(self.pool.get(op.args["event"]))
+        elif op.kind == "wait":
+            name = op.args["event"]
+            assert name not in self.recorded or self.pool.get(name) is self.recorded[name](), name
+        self.peak = max(self.peak, CountedEvent.live)
+        super().submit(op)
+
+    def host_wait(self, event: str) -> None:
+        assert self.pool.get(event) is self.recorded[event](), event
+        super().host_wait(event)
+
+
+def test_cuda_events_are_released_once_no_step_can_name_them(tiny_engines: Path, batches):
+    from inspector.pipeline import BatchRunner
+    from inspector.streams import StreamedPipeline
+
+    pipe = Pipeline.from_manifest(tiny_engines)
+    ex = PooledExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=9)
+    runner = BatchRunner(StreamedPipeline(pipe, ex))
+    answered = 0
+    for i in range(60):
+        answered += len(runner.step(batches[i % len(batches)][:3], i))
+    answered += len(runner.step(None))
+    assert answered == 60
+    # 4 events per batch were made; only the last few batches' are alive (was: all 240, forever).
+    assert CountedEvent.made >= 4 * 60
+    assert ex.peak <= 4 * 5, ex.peak
+    ex.pool.clear()  # what PycudaExecutor.close() does
+    assert CountedEvent.live == 0
     pipe.close()

@@ -36,6 +36,33 @@ def test_plans_from_another_machine_are_refused():
         check_plans(meta, "11.2.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
 
 
+def test_a_stale_or_damaged_plan_is_refused(tmp_path):
+    from inspector.backends.tensorrt import check_plan_record
+    from inspector.manifest import sha256_file
+
+    onnx, plan = tmp_path / "defect.onnx", tmp_path / "defect.plan"
+    onnx.write_bytes(b"onnx v1")
+    plan.write_bytes(b"plan bytes")
+    rec = {"onnx_sha256": sha256_file(onnx), "sha256": sha256_file(plan)}
+    check_plan_record(rec, onnx, plan)
+    onnx.write_bytes(b"onnx v2")  # the set was updated, the plans were not rebuilt
+    with pytest.raises(EngineError, match="stale"):
+        check_plan_record(rec, onnx, plan)
+    onnx.write_bytes(b"onnx v1")
+    plan.write_bytes(b"plan bytes, truncated")
+    with pytest.raises(EngineError, match="does not match its sha256"):
+        check_plan_record(rec, onnx, plan)
+
+
+def test_tensorrt_older_than_11_is_refused_for_building():
+    from inspector.backends.tensorrt import require_strongly_typed
+
+    require_strongly_typed("11.0.0.1")
+    require_strongly_typed("12.1")
+    with pytest.raises(TensorRTUnavailable, match="TensorRT 11 or newer"):
+        require_strongly_typed("10.13.0")
+
+
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt and pycuda are installed here")
 def test_without_the_gpu_extra_the_backend_says_what_to_install(tmp_path):
     with pytest.raises(TensorRTUnavailable, match=r"install the gpu extra"):
@@ -52,7 +79,7 @@ def test_unknown_backend_lists_the_valid_ones(tmp_path):
 def test_tensorrt_plans_match_onnxruntime(tiny_engines):  # pragma: no cover - GPU only
     import numpy as np
 
-    from engines.trt_build import build_set
+    from inspector.backends.trt_build import build_set
     from inspector.pipeline import Pipeline
     from inspector.tools.synthetic import ImpellerGenerator
 

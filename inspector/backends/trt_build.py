@@ -1,7 +1,7 @@
 """TensorRT plans from an engine set's ONNX files, on the machine that will run them (TensorRT 11 API).
 
 Plans are tied to the TensorRT version and the GPU model, so they are built
-offline on the target (``inspector-build rebuild``, run by the systemd rebuild
+offline on the target (``inspector rebuild``, run by the systemd rebuild
 unit) and recorded in ``<set>/tensorrt/plans.json`` with the TensorRT version,
 GPU name and compute capability; the runtime refuses a plan built elsewhere.
 
@@ -21,7 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from inspector.backends.tensorrt import TensorRTUnavailable, gpu_identity, plan_profiles_for
+from inspector.backends.tensorrt import (
+    TensorRTUnavailable,
+    gpu_identity,
+    plan_profiles_for,
+    require_strongly_typed,
+)
 from inspector.manifest import load_manifest, sha256_file
 
 WORKSPACE_BYTES = 1 << 30
@@ -44,6 +49,7 @@ def _trt() -> Any:
         raise TensorRTUnavailable(
             "tensorrt is not importable: install the gpu extra (pip install '.[gpu]') on the GPU host"
         ) from exc
+    require_strongly_typed(trt.__version__)
     return trt
 
 
