@@ -17,7 +17,9 @@ choice, plan checks - are tested on the CPU; see docs/gpu.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +284,16 @@ class PycudaExecutor:
         self.cuda, self.engines, self.frame = cuda, engines, frame
         cuda.init()
         self.ctx = cuda.Device(0).retain_primary_context()
+        # The context is current only inside each call, on the calling thread: the executor is built on
+        # a reload's loader thread and used and closed on the serving thread.
         self.ctx.push()
+        try:
+            self._allocate(max_batch, frame, SourceModule)
+        finally:
+            self.ctx.pop()
+
+    def _allocate(self, max_batch: int, frame: tuple[int, int], source_module: Any) -> None:
+        cuda = self.cuda
         h, w = frame
         self.host_bufs: dict[str, np.ndarray] = {}
         self.dev: dict[str, Any] = {}
@@ -307,7 +318,16 @@ class PycudaExecutor:
                 self.item_bytes[name] = nbytes
         self.streams = {"copy": cuda.Stream(), "compute": cuda.Stream()}
         self.events = EventPool(cuda.Event)
-        self.median = SourceModule(MEDIAN_KERNEL, no_extern_c=True).get_function("impulse_median")
+        self.median = source_module(MEDIAN_KERNEL, no_extern_c=True).get_function("impulse_median")
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """The primary context pushed on this thread for the duration of one call."""
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.ctx.pop()
 
     def host(self, name: str) -> np.ndarray:
         return self.host_bufs[name]
@@ -319,6 +339,10 @@ class PycudaExecutor:
         return int(self.dev[buf]) + index * self.item_bytes[buf]
 
     def submit(self, op: Any) -> None:
+        with self.current():
+            self._submit(op)
+
+    def _submit(self, op: Any) -> None:
         a, s, cuda = op.args, self.streams[op.stream], self.cuda
         if op.kind == "h2d":
             cuda.memcpy_htod_async(self.dev[a["dst"]], self.host_bufs[a["src"]][: a["n"]], s)
@@ -350,16 +374,17 @@ class PycudaExecutor:
             raise ValueError(f"unknown op {op.kind!r}")
 
     def host_wait(self, event: str) -> None:
-        self._event(event).synchronize()
+        with self.current():
+            self._event(event).synchronize()
 
     def close(self) -> None:
-        for s in self.streams.values():
-            s.synchronize()
-        for d in self.dev.values():
-            d.free()
-        self.dev = {}
-        self.events.clear()
-        self.ctx.pop()
+        with self.current():
+            for s in self.streams.values():
+                s.synchronize()
+            for d in self.dev.values():
+                d.free()
+            self.dev = {}
+            self.events.clear()
         self.ctx.detach()
 
 

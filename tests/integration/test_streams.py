@@ -257,3 +257,26 @@ def test_cuda_events_are_released_once_no_step_can_name_them(tiny_engines: Path,
     ex.pool.clear()  # what PycudaExecutor.close() does
     assert CountedEvent.live == 0
     pipe.close()
+
+
+def test_warm_up_runs_every_route_on_the_stream_path():
+    """Warm-up used to run the synchronous path only, so the stream schedule's kernels and uploads first
+    ran on live frames. Now every route runs on the path live frames take, both buffer sets included."""
+    from inspector.daemon.workers.inference import warm_up
+    from inspector.streams import StreamedPipeline
+    from tests.conftest import SYNTHETIC
+
+    pipe = Pipeline.from_manifest(SYNTHETIC)  # a real noise classifier: the routes are really taken
+    ex = SimulatedExecutor(pipe.engines, max_batch=8, frame=(300, 300), seed=1)
+    streamed = StreamedPipeline(pipe, ex)
+    assert warm_up(streamed, 8, 1) > 0
+    ran = {(op.kind, op.args.get("engine")) for op in ex.executed}
+    assert {
+        ("run", "noise"),
+        ("run", "denoise"),
+        ("run", "defect"),
+        ("median", None),
+        ("h2d_slot", None),
+    } <= ran
+    assert {"d_in0", "d_in1"} <= {op.args.get("dst") for op in ex.executed if op.kind == "h2d"}
+    streamed.close()
