@@ -125,10 +125,11 @@ def gpu_identity() -> dict[str, str]:
 class TensorRTEngine:
     """One stage's plan; synchronous ``infer`` for the ``Engine`` seam (the stream loop uses :class:`PycudaExecutor`)."""
 
-    def __init__(self, path: Path, name: str, **_options: Any) -> None:
+    def __init__(self, path: Path, name: str, plans_dir: Path | None = None, **_options: Any) -> None:
         trt, cuda = _import_gpu()
         self.name, self.cuda = name, cuda
-        plans = Path(path).parent / "tensorrt"
+        plans = Path(plans_dir) if plans_dir is not None else Path(path).parent / "tensorrt"
+        self.plans_dir = plans
         meta_path = plans / "plans.json"
         if not meta_path.is_file():
             raise EngineError(
@@ -166,7 +167,9 @@ class TensorRTEngine:
             max_b = max(p[2] for p in self.profiles)
             self.h_in = cuda.pagelocked_empty((max_b, 1, h, w), np.uint8)
             self.d_in = cuda.mem_alloc(self.h_in.nbytes)
-            out_shape = (max_b, 1, h, w) if name == "denoise" else (max_b, 4 if name == "noise" else 2)
+            out_shape = (
+                (max_b, 1, h, w) if name in ("denoise", "median") else (max_b, 4 if name == "noise" else 2)
+            )
             self.h_out = cuda.pagelocked_empty(out_shape, self.out_dtype)
             self.d_out = cuda.mem_alloc(self.h_out.nbytes)
         finally:
@@ -212,33 +215,6 @@ class TensorRTEngine:
             self.ctx = None
 
 
-MEDIAN_KERNEL = r"""
-// Impulse-only median, the GPU twin of inspector.denoise.adaptive_median: a pixel at 0 or 255 takes the
-// 3x3 median of its neighbourhood (borders replicated), or the 5x5 median where that is itself an impulse.
-__device__ unsigned char median_of(unsigned char* v, int n) {
-    for (int i = 1; i < n; ++i) { unsigned char x = v[i]; int j = i - 1; while (j >= 0 && v[j] > x) { v[j + 1] = v[j]; --j; } v[j + 1] = x; }
-    return v[n / 2];
-}
-extern "C" __global__ void impulse_median(const unsigned char* src, unsigned char* dst, int h, int w) {
-    int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= w || y >= h) return;
-    unsigned char c = src[y * w + x];
-    if (c != 0 && c != 255) { dst[y * w + x] = c; return; }
-    unsigned char v[25]; int n = 0;
-    for (int dy = -1; dy <= 1; ++dy) for (int dx = -1; dx <= 1; ++dx)
-        v[n++] = src[min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)];
-    unsigned char m = median_of(v, 9);
-    if (m == 0 || m == 255) {
-        n = 0;
-        for (int dy = -2; dy <= 2; ++dy) for (int dx = -2; dx <= 2; ++dx)
-            v[n++] = src[min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)];
-        m = median_of(v, 25);
-    }
-    dst[y * w + x] = m;
-}
-"""
-
-
 class EventPool:
     """CUDA events by name (``uploaded7``, ``done7``: kind + batch number), dropped once no schedule step
     can still name them: the schedule waits on batch N - 2 at most, so events of batches older than
@@ -277,22 +253,27 @@ class PycudaExecutor:
     streams and one event per (event name) are created in this process.
     """
 
-    def __init__(self, engines: dict[str, TensorRTEngine], max_batch: int, frame: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        engines: dict[str, TensorRTEngine],
+        max_batch: int,
+        frame: tuple[int, int],
+        median: TensorRTEngine | None = None,
+    ) -> None:
         _trt, cuda = _import_gpu()
-        from pycuda.compiler import SourceModule
-
         self.cuda, self.engines, self.frame = cuda, engines, frame
+        self.median = median  # the impulse median's plan (median_graph); None: no salt-and-pepper route
         cuda.init()
         self.ctx = cuda.Device(0).retain_primary_context()
         # The context is current only inside each call, on the calling thread: the executor is built on
         # a reload's loader thread and used and closed on the serving thread.
         self.ctx.push()
         try:
-            self._allocate(max_batch, frame, SourceModule)
+            self._allocate(max_batch, frame)
         finally:
             self.ctx.pop()
 
-    def _allocate(self, max_batch: int, frame: tuple[int, int], source_module: Any) -> None:
+    def _allocate(self, max_batch: int, frame: tuple[int, int]) -> None:
         cuda = self.cuda
         h, w = frame
         self.host_bufs: dict[str, np.ndarray] = {}
@@ -318,7 +299,6 @@ class PycudaExecutor:
                 self.item_bytes[name] = nbytes
         self.streams = {"copy": cuda.Stream(), "compute": cuda.Stream()}
         self.events = EventPool(cuda.Event)
-        self.median = source_module(MEDIAN_KERNEL, no_extern_c=True).get_function("impulse_median")
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:
@@ -359,13 +339,15 @@ class PycudaExecutor:
                 self._ptr(a["src"]), self._ptr(a["dst"]), a["n"], self.frame, s
             )
         elif op.kind == "median":
+            if self.median is None:
+                raise EngineError(
+                    "no median plan in this set's tensorrt/ folder: rebuild with `inspector rebuild`"
+                )
             h, w = self.frame
             b = a["buf"][-1]
+            # Out of place: the frame to a scratch buffer, the median plan back into its slot.
             cuda.memcpy_dtod_async(self._ptr(f"d_tmp{b}"), self._ptr(a["buf"], a["i"]), h * w, s)
-            self.median(
-                np.intp(self._ptr(f"d_tmp{b}")), np.intp(self._ptr(a["buf"], a["i"])), np.int32(h), np.int32(w),
-                block=(16, 16, 1), grid=((w + 15) // 16, (h + 15) // 16), stream=s,
-            )  # fmt: skip
+            self.median.run_on_device(self._ptr(f"d_tmp{b}"), self._ptr(a["buf"], a["i"]), 1, self.frame, s)
         elif op.kind == "record":
             self._event(a["event"]).record(s)
         elif op.kind == "wait":
@@ -386,10 +368,14 @@ class PycudaExecutor:
             self.dev = {}
             self.events.clear()
         self.ctx.detach()
+        if self.median is not None:
+            self.median.close()
 
 
 def streamed_pipeline(pipe: Any, max_batch: int, frame: tuple[int, int]) -> Any:
     """The pipeline's TensorRT engines as one CUDA-stream schedule (see ``inspector.streams``)."""
     from inspector.streams import StreamedPipeline
 
-    return StreamedPipeline(pipe, PycudaExecutor(pipe.engines, max_batch, frame))
+    plans = pipe.engines["defect"].plans_dir
+    median = TensorRTEngine(plans / "median.onnx", "median", plans_dir=plans)
+    return StreamedPipeline(pipe, PycudaExecutor(pipe.engines, max_batch, frame, median=median))

@@ -95,6 +95,18 @@ def build_set(engines: Path, max_batch: int = 8) -> dict[str, Any]:
         plan = out / f"{stage}.plan"
         build_plan(engines / entry.file, plan, profiles, frame, out / "timing.cache")
         records.append(PlanRecord(stage, plan.name, sha256_file(plan), entry.sha256, profiles, frame))
+    # The impulse median as a plan too (inspector.backends.median_graph): no CUDA toolkit at run time,
+    # and the same graph ONNX Runtime checks against the CPU function in CI.
+    from inspector.backends.median_graph import median_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    median_onnx = out / "median.onnx"
+    median_onnx.write_bytes(median_model(*frame).SerializeToString())
+    plan = out / "median.plan"
+    build_plan(median_onnx, plan, profiles, frame, out / "timing.cache")
+    records.append(
+        PlanRecord("median", plan.name, sha256_file(plan), sha256_file(median_onnx), profiles, frame)
+    )
     meta = {
         "tensorrt": trt.__version__,
         **ident,
