@@ -53,6 +53,46 @@ def _trt() -> Any:
     return trt
 
 
+def uint8_only_through_casts(onnx_bytes: bytes) -> bytes:
+    """The model with every UINT8 tensor consumed only by Cast nodes, which is how TensorRT takes UINT8
+    (network I/O through a cast). The exported denoise graph reads its UINT8 input's shape with ``Shape``
+    nodes; those read the shape of the input's float Cast instead (the same shape). Outputs unchanged."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load_from_string(onnx_bytes)
+    g = m.graph
+    u8 = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.UINT8}
+    for name in u8:
+        float_of = None
+        for k, n in enumerate(g.node):  # an existing float Cast of the input (moved first), else a new one
+            if (
+                n.op_type == "Cast"
+                and list(n.input) == [name]
+                and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)
+            ):
+                float_of = n.output[0]
+                cast = onnx.NodeProto()
+                cast.CopyFrom(n)
+                del g.node[k]
+                g.node.insert(0, cast)
+                break
+        if float_of is None:
+            float_of = f"{name}__as_float"
+            g.node.insert(0, helper.make_node("Cast", [name], [float_of], to=TensorProto.FLOAT))
+        for n in g.node:
+            if n.op_type != "Cast":
+                for k, inp in enumerate(n.input):
+                    if inp == name:
+                        if n.op_type != "Shape":
+                            raise ValueError(
+                                f"{n.op_type} node {n.name!r} reads UINT8 {name!r}: not rewritable"
+                            )
+                        n.input[k] = float_of
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
 def build_plan(
     onnx: Path, plan: Path, profiles: list[tuple[int, int, int]], frame: tuple[int, int], cache: Path
 ) -> None:
@@ -62,7 +102,7 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network()  # strongly typed: precision comes from the ONNX file
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx.read_bytes()):
+    if not parser.parse(uint8_only_through_casts(onnx.read_bytes())):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx}: {errors}")
     config = builder.create_builder_config()
