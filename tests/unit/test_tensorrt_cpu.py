@@ -88,3 +88,53 @@ def test_tensorrt_plans_match_onnxruntime(tiny_engines):  # pragma: no cover - G
     cpu = Pipeline.from_manifest(tiny_engines).run(frames)
     gpu = Pipeline.from_manifest(tiny_engines, backend="tensorrt").run(frames)
     np.testing.assert_allclose([r.score for r in gpu], [r.score for r in cpu], atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs tensorrt, pycuda and an NVIDIA GPU")
+def test_streamed_path_on_the_gpu_matches_the_cpu_pipeline(tmp_path):  # pragma: no cover - GPU only
+    """The CUDA-stream schedule on a real GPU, every route included (the set trained on generated
+    impellers routes each noise type), batches overlapped as the worker runs them; and the median plan
+    equal to the CPU function."""
+    import shutil
+
+    import numpy as np
+
+    from inspector import noise as nz
+    from inspector.backends.tensorrt import TensorRTEngine, streamed_pipeline
+    from inspector.backends.trt_build import build_set
+    from inspector.denoise import adaptive_median
+    from inspector.pipeline import BatchRunner, Pipeline
+    from inspector.tools.synthetic import ImpellerGenerator
+    from tests.conftest import SYNTHETIC
+
+    engines = tmp_path / "set"
+    shutil.copytree(SYNTHETIC, engines)
+    build_set(engines, max_batch=8)
+    rng = np.random.default_rng(5)
+    clean = ImpellerGenerator(seed=2).batch(0, 8)[0]
+    batches = [
+        np.stack([nz.apply_random(f, nz.NOISE_TYPES[(b + i) % 4], rng) for i, f in enumerate(clean)])
+        for b in range(4)
+    ]
+    cpu = Pipeline.from_manifest(engines)
+    runner = BatchRunner(
+        streamed_pipeline(Pipeline.from_manifest(engines, backend="tensorrt"), 8, (300, 300))
+    )
+    done = []
+    for i, b in enumerate(batches):
+        done += runner.step(b, i)
+    done += runner.step(None)
+    assert [p for p, _ in done] == [0, 1, 2, 3]
+    for (_i, got), b in zip(done, batches, strict=True):
+        want = cpu.run(b)
+        assert [r.noise_type for r in got] == [r.noise_type for r in want]
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=2e-3)
+    median = TensorRTEngine(engines / "tensorrt" / "median.onnx", "median", plans_dir=engines / "tensorrt")
+    noisy = np.stack([nz.apply_random(f, "salt_pepper", rng) for f in clean])
+    np.testing.assert_array_equal(
+        median.infer(noisy[:, None])[:, 0], np.stack([adaptive_median(f) for f in noisy])
+    )
+    median.close()
+    runner.pipe.close()
+    cpu.close()
