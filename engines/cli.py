@@ -163,23 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser(
-        "rebuild",
-        help="the same as `inspector rebuild` (verify ONNX, INT8 set, TensorRT plans); that one needs no torch",
-    )
-    p.add_argument(
-        "--engines",
-        type=Path,
-        default=Path("engines/default"),
-        help="float32 engine set (default: %(default)s)",
-    )
-    p.add_argument(
-        "--int8-out", type=Path, default=None, help="also (re)make the INT8 set here (skipped if absent)"
-    )
-    p.add_argument(
-        "--max-batch", type=int, default=8, help="largest batch the daemon flushes (default: %(default)s)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from inspector.rebuild import add_parser as rebuild_parser
+
+    rebuild_parser(sub)  # the same command as `inspector rebuild` (which needs no torch), kept for old timers
 
     p = sub.add_parser("export", help="export one checkpoint to ONNX and check parity with ONNX Runtime")
     p.add_argument("--stage", choices=STAGES, required=True)
@@ -297,13 +283,6 @@ def _check_arch(arch: str, checkpoint: Path) -> None:
         raise CheckpointError(f"{checkpoint} is a {found} checkpoint, not {arch}")
 
 
-def rebuild(args: argparse.Namespace, command: str) -> None:
-    """Kept for old timers: the same as ``inspector rebuild`` (which needs no torch)."""
-    from inspector.rebuild import rebuild as run
-
-    run(args.engines, args.int8_out, "auto", 256, args.max_batch, command, not args.quiet)
-
-
 def main(argv: list[str] | None = None) -> int:
     from engines.train import CheckpointError
     from inspector.manifest import ManifestError
@@ -335,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
 
             quantize_set(args, command)
         elif args.cmd == "rebuild":
-            rebuild(args, command)
+            from inspector.rebuild import rebuild
+
+            rebuild(
+                args.engines, args.int8_out, args.calib_data, args.calib_frames, args.max_batch, command,
+                not args.quiet,
+            )  # fmt: skip
         elif args.cmd == "compare":
             from engines.compare import compare
 

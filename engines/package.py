@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shutil
 import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +41,11 @@ CLASSES = {"noise": list(nz.NOISE_TYPES), "denoise": [], "defect": ["ok", "defec
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in (
-        "torch",
-        "onnx",
-        "onnxruntime",
-        "numpy",
-        "opencv-python-headless",
-        "scikit-image",
-        "line-inspector",
-    ):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    from inspector.rebuild import versions
+
+    return versions(
+        ("torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless", "scikit-image", "line-inspector")
+    )
 
 
 def git_revision() -> str:

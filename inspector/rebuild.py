@@ -31,10 +31,13 @@ from typing import Any
 
 from inspector.manifest import Manifest, load_manifest, sha256_file, write_manifest
 
+RUNTIME_PACKAGES = ("onnx", "onnxruntime", "numpy", "opencv-python-headless", "line-inspector")
 
-def versions() -> dict[str, str]:
+
+def versions(packages: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str]:
+    """Python and the installed version of each package (recorded in a manifest)."""
     out = {"python": platform.python_version()}
-    for pkg in ("onnx", "onnxruntime", "numpy", "opencv-python-headless", "line-inspector"):
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -81,6 +84,17 @@ def int8_set(
             update={"sha256": sha256_file(path), "training": {**entry.training, "int8_qdq": count_qdq(path)}}
         )
         print(f"quantized {name}: {count_qdq(path)}", flush=True)
+    int8: dict[str, Any] = {
+        "frames": len(frames),
+        "source": source,
+        "method": "minmax, symmetric, per-channel weights",
+    }
+    has_labels = labelled(fp32.data)
+    if not has_labels:
+        int8["thresholds_from"] = (
+            f"the float32 set ({fp32.data!r} was not on the rebuilding host): "
+            "recalibrate with inspector-build calibrate where labelled frames exist"
+        )
     manifest = fp32.model_copy(
         update={
             "model_version": fp32.model_version + "-int8",
@@ -89,31 +103,11 @@ def int8_set(
             "stages": stages,
             "checkpoints": {},
             "versions": extra_versions or versions(),
-            "calibration": {
-                **fp32.calibration,
-                "int8": {
-                    "frames": len(frames),
-                    "source": source,
-                    "method": "minmax, symmetric, per-channel weights",
-                },
-            },
+            "calibration": {**fp32.calibration, "int8": int8},
         }
     )
-    write_manifest(out, manifest)
-    if not labelled(fp32.data):
-        manifest = manifest.model_copy(
-            update={
-                "calibration": {
-                    **manifest.calibration,
-                    "int8": {
-                        **manifest.calibration["int8"],
-                        "thresholds_from": f"the float32 set ({fp32.data!r} was not on the rebuilding host): "
-                        "recalibrate with inspector-build calibrate where labelled frames exist",
-                    },
-                }
-            }
-        )
-        write_manifest(out, manifest)
+    write_manifest(out, manifest)  # complete as it stands; calibrated thresholds are added below
+    if not has_labels:
         print(
             f"thresholds: the float32 set's ({fp32.data!r}, the labelled data, is not on this host)",
             flush=True,

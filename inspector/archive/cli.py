@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -142,7 +143,7 @@ def _list(store: Archive, a: argparse.Namespace) -> int:
             f"{r['id']:>7}  {_when(r['published_ns']):23}  {str(r['camera_id'])[:10]:10} {str(r['frame_id'])[:10]:>10}  "
             f"{r['verdict']:8} {score:>6} {thr:>6}  {r['noise_type'] or '-'!s:11} {r['reason'] or ''}"
         )
-    print(f"{len(rows)} shown of {store.count(Filters(**{**f.__dict__, 'limit': None}))} matching")
+    print(f"{len(rows)} shown of {store.count(dataclasses.replace(f, limit=None))} matching")
     return 0
 
 

@@ -114,6 +114,11 @@ class Filters:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def evidence_of(received: str) -> str:
+    """Where an entry's evidence map lives: beside its received image."""
+    return received.replace(".received.png", ".evidence.png")
+
+
 def parse_time(text: str, now: float | None = None) -> int:
     """ns since the epoch from ISO 8601 (``2026-12-01T10:00``, UTC unless it says) or an age (``90m``, ``2h``, ``7d``)."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
@@ -207,24 +212,18 @@ class Archive:
         """Remove entries: rows first (committed), then their files. Returns bytes freed."""
         if not ids:
             return 0
-        rows = [self.get(i) for i in ids]
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT received, inspected, bytes FROM entries WHERE id IN ({marks})", ids
+        ).fetchall()
         with self.db:
-            self.db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
-        freed = 0
-        for r in rows:
-            if r is None:
-                continue
-            freed += int(r["bytes"])
-            for rel in self._files(r):
+            self.db.execute(f"DELETE FROM entries WHERE id IN ({marks})", ids)
+        for received, inspected, _ in rows:
+            files = [f for f in (received, inspected) if f] + ([evidence_of(received)] if received else [])
+            for rel in files:
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / rel).unlink()
-        return freed
-
-    def _files(self, row: dict[str, Any]) -> list[str]:
-        out = [row[k] for k in ("received", "inspected") if row.get(k)]
-        if row.get("received"):
-            out.append(str(row["received"]).replace(".received.png", ".evidence.png"))
-        return out
+        return sum(int(b) for *_, b in rows)
 
     def prune(
         self, max_age_s: float | None, max_bytes: float | None, now_ns: int | None = None
@@ -273,7 +272,7 @@ class Archive:
                 if rel:
                     named.add(rel)
             if rec:
-                named.add(rec.replace(".received.png", ".evidence.png"))
+                named.add(evidence_of(rec))
         removed = 0
         for path in (self.root / FRAMES).rglob("*"):
             if path.is_file() and path.relative_to(self.root).as_posix() not in named:
@@ -323,7 +322,7 @@ class Archive:
         if not rel:
             return None
         if kind == "evidence":
-            rel = str(rel).replace(".received.png", ".evidence.png")
+            rel = evidence_of(str(rel))
         path = (self.root / rel).resolve()
         if not path.is_relative_to(self.root.resolve() / FRAMES):
             raise ValueError(f"entry {entry.get('id')} names a file outside the archive: refused")

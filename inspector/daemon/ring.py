@@ -105,10 +105,11 @@ class SlotRing:
         self.inspected[slot] = image
         self.inspected_owner[slot] = ticket
 
-    def snapshot(self, slot: int, ticket: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Copies of the frame in ``slot`` and of what the classifier saw, each only if it is ``ticket``'s."""
-        frame = self.frames[slot].copy()
-        inspected = self.inspected[slot].copy() if self.inspected_owner[slot] == ticket else None
+    def snapshot(self, slot: int, ticket: int) -> tuple[bytes | None, bytes | None]:
+        """The bytes of the frame in ``slot`` and of what the classifier saw, each only if it is ``ticket``'s
+        (one copy each, straight out of shared memory)."""
+        frame = self.frames[slot].tobytes()
+        inspected = self.inspected[slot].tobytes() if self.inspected_owner[slot] == ticket else None
         if self.owner[slot] != ticket:
             return None, None
         return frame, inspected

@@ -67,7 +67,7 @@ def test_one_entry_per_non_pass_verdict_with_its_pixels_and_a_pass_sample(
         assert metric(d, "inspector_archive_skipped_total") == 0
     finally:
         assert d.stop() == 0  # the archive worker stores what it was handed before exiting
-    got = assert_exactly_one([v for v in d.verdicts if v["frame_id"] is not None], sent)
+    assert_exactly_one([v for v in d.verdicts if v["frame_id"] is not None], sent)
     rows = archived(root)
     by_seq = {r["seq"]: r for r in rows}
     assert len(by_seq) == len(rows)  # no verdict archived twice
@@ -93,7 +93,6 @@ def test_one_entry_per_non_pass_verdict_with_its_pixels_and_a_pass_sample(
         if v["verdict"] in ("PASS", "FAIL"):
             assert (e["inspected"] is not None) == (v["denoiser"] != "none"), v
     a.close()
-    assert got  # every frame answered once (checked above)
 
     # The commands an operator uses, on the archive this run left.
     r = cli("list", "--dir", str(root), "--verdict", "FAIL", "--limit", "5")

@@ -130,7 +130,9 @@ def test_the_page_shows_live_counts_and_new_rejects_in_a_real_browser(
             5,
             "the new reject in the gallery",
         )
-        assert time.monotonic() - t_verdict <= 2.0
+        elapsed = time.monotonic() - t_verdict
+        print(f"new reject on the page {elapsed:.2f} s after its verdict")
+        assert elapsed <= 2.0, elapsed
         card = drv.find_element(By.CSS_SELECTOR, f'#gallery [data-frame="{v["frame_id"]}"]')
         assert "FAIL" in card.text and "score" in card.text and "threshold" in card.text
         imgs = card.find_elements(By.TAG_NAME, "img")

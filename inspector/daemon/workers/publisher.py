@@ -298,8 +298,8 @@ class PublisherWorker(Worker):
             verdict=body,
             height=h,
             width=w,
-            frame=frame.tobytes() if frame is not None else None,
-            inspected=inspected.tobytes() if inspected is not None else None,
+            frame=frame,
+            inspected=inspected,
         )
         try:
             ARCHIVE.send(self.archive, item, zmq.NOBLOCK)  # type: ignore[arg-type]
