@@ -8,7 +8,7 @@ Typical use::
     inspector-build evaluate --engines engines/default
     inspector-build calibrate --engines engines/default --escape-rate 0.01   # another operating point
     inspector-build train --stage defect --arch resnet50 --checkpoints build/resnet50
-    inspector-build compare --out docs/comparison           # the classifier comparison (~1 h, 2 cores)
+    inspector-build compare --data ../shared/data/casting --out docs/comparison   # the comparison (~1 h)
 
 Checkpoints go to ``--checkpoints`` (default ``build/<profile>``); an engine set
 (ONNX files, manifest.json, report.json, report.md, figures/) goes to ``--out``.

@@ -13,7 +13,8 @@ per frame on ONNX Runtime; a plot shows accuracy against latency.
 
 Typical use (the committed results in ``docs/comparison/``)::
 
-    inspector-build compare --out docs/comparison
+    inspector-build compare --data ../shared/data/casting --out docs/comparison   # on the photographs
+    inspector-build compare --out docs/comparison/synthetic                       # on generated impellers
 """
 
 from __future__ import annotations
@@ -96,6 +97,36 @@ def _pm(d: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{d['mean'] * scale:.{digits}f} ± {d['std'] * scale:.{digits}f}"
 
 
+def _data_lines(cfg: dict[str, Any]) -> list[str]:
+    """What the runs trained and were tested on: generated frames or a photograph folder."""
+    common = (
+        "half clean and half routed noisy copies per batch, "
+        f"{cfg['epochs']} epochs, the same for every architecture; validation {cfg['val_frames']} frames for "
+        f"early stopping. Seeds {', '.join(map(str, cfg['seeds']))} vary initialisation and sampling, not the data."
+    )
+    noisy = (
+        "noisy = gaussian@25 / salt_pepper@0.1 / periodic@0.2 in turn; pipeline = the noise-type classifier "
+        f"and routed denoisers of `{cfg['engines']}`."
+    )
+    if cfg["data"] == "synthetic":
+        return [
+            f"- Training: {cfg['train_frames']} synthetic frames (generator seed {cfg['train_seed']}), {common}",
+            f"- Test: {cfg['test_frames']} frames from generator seed {cfg['test_seed']} (never used in "
+            f"training); {noisy}",
+        ]
+    return [
+        f"- Training: up to {cfg['train_frames']} photographs of `{cfg['data']}`'s `train` split (the part left "
+        f"after validation and calibration are carved out, `engines.data.folder_parts`), {common}",
+        "- Test: the data set's own `test` split, "
+        + (
+            f"{cfg['frames_used']['test']} photographs"
+            if "frames_used" in cfg
+            else f"{cfg['test_frames']} photographs at most (all of it when it holds fewer)"
+        )
+        + f"; {noisy}",
+    ]
+
+
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     cfg = result["config"]
     lines = [
@@ -109,13 +140,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"- Architectures at width {cfg['width']:g} of the published channel counts, input {cfg['input_size']} px "
         f"(resized inside the graph from the 300 px frame), 1 input channel, 2 classes.",
-        f"- Training: {cfg['train_frames']} synthetic frames (generator seed {cfg['train_seed']}), half clean and half "
-        f"routed noisy copies per batch, {cfg['epochs']} epochs, the same for every architecture; "
-        f"validation {cfg['val_frames']} frames for early stopping. Seeds {', '.join(map(str, cfg['seeds']))} "
-        "vary initialisation and sampling, not the data.",
-        f"- Test: {cfg['test_frames']} frames from generator seed {cfg['test_seed']} (never used in training); noisy = "
-        "gaussian@25 / salt_pepper@0.1 / periodic@0.2 in turn; pipeline = the noise-type classifier and routed "
-        f"denoisers of `{cfg['engines']}`.",
+        *_data_lines(cfg),
         "- Metrics at threshold 0.5 (the study's rule), in percent, mean ± sample standard deviation over seeds. "
         "Latency: ONNX Runtime on this machine's CPU "
         f"({result['machine']}), defect stage only, median of 15 runs.",
@@ -154,6 +179,15 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "see `../shared/design/EVALUATION.md` for its other rows.",
         "",
         "![accuracy against latency](accuracy_vs_latency.png)",
+        *(
+            [
+                "",
+                "The same comparison on generated impellers, the table this one replaced (made by the command "
+                "it records, then moved to `synthetic/`): [`synthetic/README.md`](synthetic/README.md).",
+            ]
+            if cfg["data"] != "synthetic" and (path.parent / "synthetic" / "README.md").is_file()
+            else []
+        ),
         "",
         f"Elapsed: {result['elapsed_seconds']:.0f} s.",
         "",
@@ -306,6 +340,7 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "train_frames": base.train_frames,
             "val_frames": base.val_frames,
             "test_frames": base.test_frames,
+            "frames_used": {"train": len(train.frames), "val": len(val.frames), "test": len(test.frames)},
             "epochs": base.defect_epochs,
             "seeds": seeds,
             "data": args.data,
@@ -333,3 +368,19 @@ def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite a comparison's README.md and plot from its results.json (after a change to the layout)."""
+    ap = argparse.ArgumentParser(prog="python -m engines.compare", description=main.__doc__)
+    ap.add_argument("folder", type=Path, help="the folder holding results.json (e.g. docs/comparison)")
+    a = ap.parse_args(argv)
+    result = json.loads((a.folder / "results.json").read_text())
+    plot(result, a.folder / "accuracy_vs_latency.png")
+    write_markdown(result, a.folder / "README.md")
+    print(f"rewrote {a.folder}/README.md and accuracy_vs_latency.png from results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,9 @@ def evaluate_set(
     noise_rep, sets = ev.evaluate_noise_types(pipe, test.frames, seed, progress)
     n_tune = min(20, max(len(test.frames) // 10, 2))
     n_eval = min(profile.eval_denoise_frames, len(test.frames) - n_tune)
-    den_rep, examples = ev.evaluate_denoising(pipe, test.frames, sets, n_eval, n_tune, progress)
+    den_rep, examples = ev.evaluate_denoising(
+        pipe, test.frames, sets, n_eval, n_tune, progress, bm3d_frames=profile.bm3d_frames
+    )
     split: dict[str, Any] = {
         "data": data,
         "generator_seed": synthetic_seed(seed, "test") if data == "synthetic" else None,
@@ -287,8 +290,8 @@ def evaluate_set(
         leak = test_leakage(data, len(test.frames), seed)
         split["leakage"] = {
             "byte_identical_in_train": int(leak["identical"].sum()),
-            "near_duplicates_in_train": int(leak["near"].sum()),
-            "near_duplicate_min_inliers": leak["min_inliers"],
+            "copies_in_train": int(leak["near"].sum()),
+            "copy_min_score": leak["copy_min"],
             "deduplicated_frames": int((~leak["identical"] & ~leak["near"]).sum()),
         }
         subsets = {
@@ -315,13 +318,15 @@ def evaluate_set(
 def test_leakage(data: str, count: int, seed: int) -> dict[str, Any]:
     """Which photographs of the folder's test split (as ``load_split`` draws it) also sit in ``train``."""
     from engines.data import _folder, test_indices
-    from engines.dedup import MIN_INLIERS, leaked_test
+    from engines.dedup import COPY_MIN, leaked_test
 
     test_frames, _, test_files = _folder(data, "test")
     train_frames, _, train_files = _folder(data, "train")
     idx = test_indices(data, count, seed)
-    leak = leaked_test(test_frames[idx], [test_files[i] for i in idx], train_frames, train_files)
-    return {**leak, "min_inliers": MIN_INLIERS}
+    leak = leaked_test(
+        test_frames[idx], [test_files[i] for i in idx], train_frames, train_files, sys.stderr.isatty()
+    )
+    return {**leak, "copy_min": COPY_MIN}
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class Profile:
     # Training augmentation (engines.augment): "geometry" (flips, quarter turns) or "line" (any angle,
     # shift, scale, brightness, contrast, defocus, JPEG, a 512 px camera resized on arrival).
     augment: str = "geometry"
+    # BM3D as a denoising baseline at the Gaussian levels (engines.evaluate): it takes seconds a frame on
+    # a CPU, so it is scored on the first this-many scored frames only (0: not at all).
+    bm3d_frames: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +184,7 @@ PROFILES["photo"] = replace(
     test_frames=100_000,
     ae_steps=4000,
     eval_denoise_frames=300,
+    bm3d_frames=60,
     defect_finetune_epochs=3,
     defect_finetune_lr=3e-4,
     defect_mining_epochs=0,

@@ -29,3 +29,21 @@ def test_render_replaces_only_the_block(tmp_path):
     with pytest.raises(ValueError):
         render("no markers", "x")
     assert (REPO / "README.md").is_file()
+
+
+@pytest.mark.parametrize("folder", ["docs/comparison", "docs/comparison/synthetic"])
+def test_comparison_tables_are_generated_from_their_results(folder, tmp_path):
+    """docs/comparison's tables are what `python -m engines.compare FOLDER` writes from results.json."""
+    import shutil
+
+    from engines.compare import write_markdown
+
+    src = REPO / folder
+    result = json.loads((src / "results.json").read_text())
+    if (src / "synthetic" / "README.md").is_file():  # the link to the second table
+        (tmp_path / "synthetic").mkdir()
+        shutil.copy(src / "synthetic" / "README.md", tmp_path / "synthetic" / "README.md")
+    write_markdown(result, tmp_path / "README.md")
+    assert (tmp_path / "README.md").read_text() == (src / "README.md").read_text(), (
+        f"{folder}/README.md is stale: run python -m engines.compare {folder}"
+    )
