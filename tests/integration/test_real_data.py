@@ -259,3 +259,39 @@ def test_demo_streams_the_photographs_as_jpeg_and_scores_them(casting: Path):
     assert (int(m[1]), int(m[2]), int(m[3])) == (40, 0, 0)
     acc = re.search(r"defect accuracy\s+([\d.]+)% of (\d+) inspected", out.stdout)
     assert acc is not None and int(acc[2]) >= 1
+
+
+def test_unseen_figures_come_from_the_engines_on_photographs_without_a_copy(casting: Path):
+    """engines/default/unseen.json (the README's figures on photographs the set never trained on): its
+    photographs are carved calibration / validation ones, a sample of them has no copy in the carved
+    training split, their count is the probe's audit seen from the other side, and the clean figures at
+    0.5 come out of the engines again."""
+    from calibration.metrics import binary_metrics
+    from engines.data import _folder, folder_parts
+    from engines.dedup import copies_in
+    from inspector.pipeline import Pipeline
+
+    if not (SHIPPED / "unseen.json").is_file():
+        pytest.skip(f"no {SHIPPED}/unseen.json (python -m engines.unseen)")
+    r = json.loads((SHIPPED / "unseen.json").read_text())
+    audit = json.loads((Path(__file__).parents[2] / "docs" / "dedup-probe.json").read_text())["carve_audit"]
+    frames, labels, _ = _folder(str(casting), "train")
+    parts = folder_parts(str(casting), 0)
+    pipe = Pipeline.from_manifest(SHIPPED)
+    for name in ("calib", "val"):
+        x = r[name]
+        idx = np.array(x["indices"], np.int64)
+        assert x["without_a_copy_in_train"] == len(idx) == audit[name] - audit[f"{name}_with_a_copy_in_train"]
+        assert x["photographs"] == len(parts[name]) and set(idx.tolist()) <= set(parts[name].tolist())
+        sample = np.random.default_rng(0).choice(idx, size=3, replace=False)
+        assert (copies_in(frames[sample], frames[parts["train"]]) < COPY_MIN).all()
+        res = [v for i in range(0, len(idx), 32) for v in pipe.run(frames[idx[i : i + 32]])]
+        got = binary_metrics(labels[idx], np.array([v.score for v in res]), 0.5)
+        want = x["rows"]["clean"]["at_0.5"]
+        assert (got["tp"], got["tn"], got["fp"], got["fn"]) == (
+            want["tp"],
+            want["tn"],
+            want["fp"],
+            want["fn"],
+        )
+    pipe.close()
