@@ -332,18 +332,26 @@ def probe_gaps(result: dict[str, Any]) -> list[float | None]:
     return out
 
 
-def carve_audit(data: str, seed: int, progress: bool = False) -> dict[str, int]:
-    """How many photographs of the carved validation and calibration splits (engines.data.folder_parts)
-    have an augmented copy in the carved training split."""
+def carve_copies(data: str, seed: int, progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For the carved validation and calibration splits (engines.data.folder_parts): their photographs'
+    indices into ``train`` and each one's best copy score against the carved training split."""
     from engines.data import _folder, folder_parts
 
     frames = _folder(data, "train")[0]
     parts = folder_parts(data, seed)
     pool = frames[parts["train"]]
+    return {
+        name: (parts[name], copies_in(frames[parts[name]], pool, progress, f"{name} copies in train"))
+        for name in ("val", "calib")
+    }
+
+
+def carve_audit(data: str, seed: int, progress: bool = False) -> dict[str, int]:
+    """How many photographs of the carved validation and calibration splits have an augmented copy in
+    the carved training split."""
     out: dict[str, int] = {}
-    for name in ("val", "calib"):
-        score = copies_in(frames[parts[name]], pool, progress, f"{name} copies in train")
-        out[name] = len(parts[name])
+    for name, (idx, score) in carve_copies(data, seed, progress).items():
+        out[name] = len(idx)
         out[f"{name}_with_a_copy_in_train"] = int((score >= COPY_MIN).sum())
     return out
 

@@ -206,8 +206,11 @@ def evaluate_denoising(
                 [bm3d_filter(f, sb) for f in bar]
             )
         rows = {}
+        per_frame = {}  # (PSNR, SSIM) of each scored frame, per method
         for name, imgs in methods.items():
-            q = np.array([quality(d, c) for d, c in zip(imgs, ref, strict=False)])
+            q = per_frame[name] = np.array(
+                [quality(d, c) for d, c in zip(imgs, ref[: len(imgs)], strict=True)]
+            )
             rows[name] = {
                 "psnr_mean": float(q[:, 0].mean()),
                 "psnr_std": float(q[:, 0].std()),
@@ -216,9 +219,7 @@ def evaluate_denoising(
             }
             if len(imgs) < len(noisy):  # scored on fewer frames: ours on those same frames beside it
                 rows[name]["n"] = len(imgs)
-                rows[name]["ours_ssim_mean_same_frames"] = float(
-                    np.mean([quality(d, c)[1] for d, c in zip(ours, ref[: len(imgs)], strict=False)])
-                )
+                rows[name]["ours_ssim_mean_same_frames"] = float(per_frame[ours_name][: len(imgs), 1].mean())
         baselines = [k for k in rows if k not in ("noisy input", ours_name, *others)]
 
         # How far each baseline is above ours, on the frames it was scored on.

@@ -27,8 +27,8 @@ import numpy as np
 
 from calibration.metrics import binary_metrics
 from engines.compare import mixed_noisy
-from engines.data import _folder, folder_parts
-from engines.dedup import COPY_MIN, copies_in
+from engines.data import _folder
+from engines.dedup import COPY_MIN, carve_copies
 from inspector.manifest import load_manifest
 from inspector.pipeline import Pipeline
 
@@ -42,13 +42,11 @@ def unseen(engines: Path, data: str | None = None, progress: bool = False) -> di
     manifest = load_manifest(engines)
     data = data or manifest.data
     frames, labels, _ = _folder(data, "train")
-    parts = folder_parts(data, manifest.seed)
-    pool = frames[parts["train"]]
+    carved = carve_copies(data, manifest.seed, progress)
     pipe = Pipeline.from_manifest(engines)
     out: dict[str, Any] = {}
     for name in ("calib", "val"):
-        idx = parts[name]
-        score = copies_in(frames[idx], pool, progress, f"{name}: copies in train")
+        idx, score = carved[name]
         keep = idx[score < COPY_MIN]
         y = labels[keep]
         rows = {}
