@@ -5,9 +5,10 @@ generator seed ``seed * 100 + SPLIT_CODES[s]``, so the test split's frames are
 drawn from seeds never used in training (``mining`` holds the fresh frames the
 defect stage's hard-example mining scores: training data too). A folder dataset uses its own
 ``train`` / ``test`` folders; validation (10%) and calibration (10%) are carved
-out of ``train`` by groups of near-duplicate photographs
-(:func:`engines.dedup.near_duplicate_groups`), so no part's copies straddle
-training and validation; ``test`` is the data set's own.
+out of ``train`` by groups of augmented copies of one photograph
+(:mod:`engines.splits`, the copy test of :mod:`engines.dedup`), so no
+photograph's copies straddle training and validation; ``test`` is the data
+set's own.
 """
 
 from __future__ import annotations
@@ -77,21 +78,9 @@ def _folder(data: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[Path, 
 
 @lru_cache(maxsize=4)
 def folder_parts(data: str, seed: int) -> dict[str, np.ndarray]:
-    """Indices of ``train``'s photographs in the carved splits: whole near-duplicate groups to each.
+    """Indices of ``train``'s photographs in the carved splits: whole groups of augmented copies to each
+    (:mod:`engines.splits`), a tenth of every class to validation and to calibration, the rest trains."""
+    from engines.splits import carve, train_groups
 
-    Groups are shuffled with ``seed`` and dealt out until validation and calibration hold 10% of the
-    photographs each; the rest trains.
-    """
-    from engines.dedup import near_duplicate_groups
-
-    frames, _, _ = _folder(data, "train")
-    groups = near_duplicate_groups(frames, progress=sys.stderr.isatty())  # ~2 min on 2 cores: a bar
-    ids = np.unique(groups)
-    order = np.random.default_rng(seed).permutation(ids)
-    n = len(frames)
-    parts: dict[str, list[int]] = {"val": [], "calib": [], "train": []}
-    members = {g: np.nonzero(groups == g)[0] for g in ids}
-    for g in order:
-        name = "val" if len(parts["val"]) < n // 10 else "calib" if len(parts["calib"]) < n // 10 else "train"
-        parts[name] += members[int(g)].tolist()
-    return {k: np.array(sorted(v), np.int64) for k, v in parts.items()}
+    _, labels, _ = _folder(data, "train")
+    return carve(train_groups(data, progress=sys.stderr.isatty()), labels, seed)
