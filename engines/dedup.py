@@ -348,25 +348,32 @@ def probe_gaps(result: dict[str, Any]) -> list[float | None]:
     return out
 
 
-def _carved_copies(data: str, seed: int, name: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _carved_copies(
+    data: str, seed: int, name: str, sample: int | None, k: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     from engines.data import _folder, folder_parts
 
     frames = _folder(data, "train")[0]
     parts = folder_parts(data, seed)
-    return parts[name], copies_in(
-        frames[parts[name]], frames[parts["train"]], progress, f"{name} copies in train"
-    )
+    idx = parts[name]
+    if sample is not None and sample < len(idx):
+        idx = np.sort(np.random.default_rng([seed, 41]).choice(idx, size=sample, replace=False))
+    return idx, copies_in(frames[idx], frames[parts["train"]], progress, f"{name} copies in train", k=k)
 
 
-def carve_copies(data: str, seed: int, progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """For the carved validation and calibration splits (engines.data.folder_parts): their photographs'
-    indices into ``train`` and each one's best copy score against the carved training split (the two
-    splits in two processes: about 12 min for the casting set on 2 cores)."""
+def carve_copies(
+    data: str, seed: int, progress: bool = False, sample: int | None = None, k: int = COPY_CANDIDATES
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For the carved validation and calibration splits (engines.data.folder_parts), or a seeded
+    ``sample`` of each: their photographs' indices into ``train`` and each one's best copy score against
+    its ``k`` nearest photographs of the carved training split (the two splits in two processes)."""
     from concurrent.futures import ProcessPoolExecutor
 
     names = ("val", "calib")
     with ProcessPoolExecutor(2) as pool:
-        got = pool.map(_carved_copies, [data] * 2, [seed] * 2, names, [progress] * 2)
+        got = pool.map(
+            _carved_copies, *zip(*[(data, seed, n, sample, k, progress) for n in names], strict=True)
+        )
         return dict(zip(names, got, strict=True))
 
 

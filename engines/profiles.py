@@ -173,8 +173,8 @@ PROFILES["compare"] = replace(
 
 # The shipped set: the study's real photographs (../shared/data/casting, `make engines`): the default
 # profile's networks, trained with the line augmentation. Every photograph of `train` is used (the frame
-# counts are upper bounds); validation and calibration are carved from it by near-duplicate groups
-# (engines.data.folder_parts), `test` is the data set's own. No mining phase; a 3-epoch fine-tune.
+# counts are upper bounds); validation and calibration are carved from it by whole groups of copies
+# (engines.splits), `test` is the data set's own. No mining phase; a 3-epoch fine-tune.
 # Sized for 2 CPU cores: measured 68 min for the three stages and 11 min for the package step.
 PROFILES["photo"] = replace(
     PROFILES["default"],
