@@ -298,15 +298,12 @@ def splits_block(doc: dict[str, Any], seed: int = 0) -> str:
     """The copy groups and the carve they give (engines/splits/casting.json)."""
     import numpy as np
 
-    from engines.splits import carve
+    from engines.splits import carve, group_ids
     from inspector.tools.folder import class_of
 
     names = sorted(n for g in doc["groups"] for n in g)  # the folder's file order (engines.data)
-    where = {n: i for i, n in enumerate(names)}
-    groups = np.empty(len(names), np.int64)
-    for g in doc["groups"]:
-        members = [where[n] for n in g]
-        groups[members] = min(members)  # named as engines.splits names them
+    groups = group_ids(doc["groups"], names)
+    assert groups is not None  # the names come from the lists themselves
     labels = np.array([class_of(n.split("/", 1)[0]) for n in names])
     parts = carve(groups, labels, seed)
     lo, med, hi = doc["group_size_min_median_max"]

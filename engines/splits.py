@@ -77,19 +77,25 @@ def link(data: str, jobs: int = 2, progress: bool = False) -> np.ndarray:
     return groups
 
 
+def group_ids(groups: list[list[str]], files: list[str]) -> np.ndarray | None:
+    """A group id per name in ``files`` (the index of its group's first member), from a groups file's
+    lists of names; None when the lists do not cover ``files`` exactly."""
+    where = {name: i for i, name in enumerate(files)}
+    ids = np.full(len(files), -1, np.int64)
+    for g in groups:
+        members = [where.get(n, -1) for n in g]
+        if min(members, default=0) < 0:
+            return None
+        ids[members] = min(members)
+    return ids if (ids >= 0).all() else None
+
+
 def _read(path: Path, key: str, files: list[str]) -> np.ndarray | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if doc.get("digest") != key:
-        return None
-    where = {name: i for i, name in enumerate(files)}
-    groups = np.full(len(files), -1, np.int64)
-    for g in doc["groups"]:
-        members = [where[n] for n in g]
-        groups[members] = min(members)
-    return groups if (groups >= 0).all() else None
+    return group_ids(doc["groups"], files) if doc.get("digest") == key else None
 
 
 def document(data: str, groups: np.ndarray, key: str, seconds: float, command: str) -> dict[str, Any]:

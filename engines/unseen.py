@@ -4,13 +4,13 @@ The official test split cannot say how the engines do on new castings: almost ev
 is a copy of a training photograph (the report's leakage line). The calibration and validation splits
 are carved out of ``train`` by whole groups of copies (``engines.splits``), so none of their
 photographs was trained on in any pose. A seeded sample of each is checked once more with the copy
-test over twice the candidates the grouping scored (``engines.dedup.carve_copies``: the sample's
-nearest ``RECHECK_CANDIDATES`` in the carved training split), and the full pipeline runs on all of them. The classifier's own
-decision (threshold 0.5) of the calibration photographs is untouched by training and selection; the
+test (``engines.dedup.carve_copies``: each against its ``RECHECK_CANDIDATES`` nearest photographs in the
+carved training split), and the full pipeline runs on all of them. The classifier's own decision
+(threshold 0.5) of the calibration photographs is untouched by training and selection; the
 validation photographs picked the training epoch, and the calibration photographs set the calibrated
 thresholds, so the other figures lean optimistic, each for its own reason (said beside them).
 
-    python -m engines.unseen --engines engines/default     # about 6 min on 2 cores
+    python -m engines.unseen --engines engines/default     # about 3 min on 2 cores
 
 writes ``<engines>/unseen.json``; the README's block is generated from it (``python -m engines.readme``).
 """
