@@ -53,7 +53,7 @@ browser: ## Debian's chromium + chromedriver for the operator page's browser tes
 test: $(STAMP) lint browser ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
 
-engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 20 min on 2 cores)
+engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 50 min on 2 cores)
 	@test -d "$(DATA)/train" -a -d "$(DATA)/test" || { echo "make engines: no data set at '$(DATA)': $(DATA_HELP)" >&2; exit 2; }
 	$(VENV)/bin/inspector-build all --profile photo --data $(DATA) --seed $(SEED) --out $(ENGINES)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from engines.augment import augment
@@ -144,10 +145,24 @@ def _classifier_loop(
     lr: float = 2e-3,
     progress: bool = True,
     keep_initial: bool = False,
+    ema_epochs: float = 0.0,
 ) -> dict[str, Any]:
+    """Train ``model``, validating every epoch; keeps the best weights by (accuracy, -loss).
+
+    With ``ema_epochs`` > 0 an exponential moving average of the weights (and of
+    BatchNorm's statistics), with a time constant of that many epochs, is what
+    gets validated and kept: the raw weights' validation accuracy can swing by
+    tens of points from one epoch to the next on groups of photographs it never
+    trained on, and the average sits between the swings.
+    """
     steps_per_epoch = max(n_train // profile.batch, 1)
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    ema = None
+    if ema_epochs > 0:
+        decay = 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    judged = model if ema is None else ema.module
     best = (-1.0, math.inf)
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
@@ -182,10 +197,12 @@ def _classifier_loop(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
-        logits = _predict(model, val[0])
+        logits = _predict(judged, val[0])
         val_loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val[1])))
         acc = float((logits.argmax(1) == val[1]).mean())
         history.append({"epoch": epoch + 1, "val_accuracy": acc, "val_loss": val_loss, "train_loss": running})
@@ -193,7 +210,7 @@ def _classifier_loop(
             tqdm.write(f"{stage}: epoch {epoch + 1} val accuracy {acc:.4f} val loss {val_loss:.4f}")
         if (acc, -val_loss) > (best[0], -best[1]):
             best = (acc, val_loss)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
             stale = 0
         else:
             stale += 1
@@ -352,7 +369,7 @@ def train_defect(
     def phase(epochs: int, lr: float, keep_initial: bool, batches: Any = make_batch) -> dict[str, Any]:
         return _classifier_loop(
             "defect", model, batches, len(train), (val, val_labels), profile, epochs, rng, out, config,
-            lr=lr, progress=progress, keep_initial=keep_initial,
+            lr=lr, progress=progress, keep_initial=keep_initial, ema_epochs=profile.defect_ema_epochs,
         )  # fmt: skip
 
     def mining_batches() -> Any:
