@@ -190,7 +190,7 @@ PROFILES["photo"] = replace(
     eval_denoise_frames=300,
     bm3d_frames=60,
     # An average of the weights over about one epoch is validated and kept: on groups it never trained
-    # on, the raw weights' validation accuracy swung 0.63-0.89 from epoch to epoch (design notes); the
+    # on, the raw weights' validation accuracy swung by tens of points from epoch to epoch (design notes); the
     # fine-tune after it never beat the main phase, so it is gone.
     defect_ema_epochs=1.0,
     defect_finetune_epochs=0,

@@ -47,3 +47,15 @@ def test_comparison_tables_are_generated_from_their_results(folder, tmp_path):
     assert (tmp_path / "README.md").read_text() == (src / "README.md").read_text(), (
         f"{folder}/README.md is stale: run python -m engines.compare {folder}"
     )
+
+
+def test_design_notes_moving_average_row_is_the_shipped_history():
+    """The design notes' per-epoch validation row for the moving average is the shipped manifest's history."""
+    manifest = SHIPPED / "manifest.json"
+    if not manifest.is_file():
+        pytest.skip("no shipped engine set")
+    history = json.loads(manifest.read_text())["stages"]["defect"]["training"]["main"]["history"]
+    notes = (REPO / "docs" / "design-notes.md").read_text().splitlines()
+    row = next(line for line in notes if line.startswith("| moving average (this build) |"))
+    typed = [float(cell.strip().strip("*")) for cell in row.split("|")[2:-1]]
+    assert typed == [round(h["val_accuracy"], 3) for h in history]
