@@ -10,6 +10,16 @@ device's primary context, which is the one TensorRT's runtime uses.
 Teardown order is explicit (never ``__del__``): execution contexts, engines,
 runtime, device and page-locked buffers, then the context is popped.
 
+Every device address bound to an execution context (``set_tensor_address``)
+is 256-byte aligned, as TensorRT requires: buffers come from ``mem_alloc``
+(aligned by CUDA), and a region holding several tensors to bind places them at
+a stride rounded up with :func:`aligned`, never at ``base + frame_bytes * i``.
+Every TensorRT setter's result is checked (``set_optimization_profile_async``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``): a refusal is
+an :class:`EngineError` (a ``RuntimeError``) naming the tensor, the shape or
+address and what TensorRT needs, which the inference worker turns into ERROR
+verdicts for that batch - never a silently wrong result.
+
 STATUS: written against the documented TensorRT 11 / pycuda APIs and NOT run
 on a GPU in this project's sessions (none was lent). The pure parts - profile
 choice, plan checks - are tested on the CPU; see docs/gpu.md.
@@ -30,6 +40,41 @@ from inspector.backends.base import EngineError
 
 class TensorRTUnavailable(EngineError):
     """No TensorRT, no pycuda, or no GPU on this machine."""
+
+
+# IExecutionContext.setTensorAddress: "The pointer must have at least 256-byte alignment."
+TRT_ALIGNMENT = 256
+
+
+def aligned(nbytes: int, alignment: int = TRT_ALIGNMENT) -> int:
+    """``nbytes`` rounded up to a multiple of ``alignment``: the stride between tensors of one region
+    whose addresses are bound to TensorRT (a 300x300 uint8 frame, 90000 bytes, gets a 90112-byte slot)."""
+    return -(-int(nbytes) // alignment) * alignment
+
+
+def checked_input_shape(ctx: Any, engine: str, tensor: str, shape: tuple[int, ...], profile: Any) -> None:
+    """``ctx.set_input_shape``, its bool result checked (False: the shape is outside the context's profile)."""
+    if not ctx.set_input_shape(tensor, shape):
+        raise EngineError(
+            f"TensorRT refused the input shape {shape} for tensor {tensor!r} of the {engine!r} plan: TensorRT "
+            f"needs a shape inside the execution context's optimization profile (batch range {profile}, the "
+            "frame size the plan was built for); rebuild the plans with `inspector rebuild` if the frame size "
+            "or max_batch changed"
+        )
+
+
+def checked_tensor_address(ctx: Any, engine: str, tensor: str, address: int) -> None:
+    """``ctx.set_tensor_address``, its bool result checked; an address off a 256-byte boundary is refused even
+    where TensorRT would take it (a misaligned tensor can fault the CUDA context for every later batch)."""
+    address = int(address)
+    off = address % TRT_ALIGNMENT
+    if not ctx.set_tensor_address(tensor, address) or off:
+        why = f", {off} bytes past a {TRT_ALIGNMENT}-byte boundary" if off else ""
+        raise EngineError(
+            f"TensorRT refused the device address {address:#x} for tensor {tensor!r} of the {engine!r} plan"
+            f"{why}: TensorRT needs a device address aligned to {TRT_ALIGNMENT} bytes, bound to an input or "
+            "output tensor of this engine"
+        )
 
 
 def plan_profiles_for(max_batch: int) -> list[tuple[int, int, int]]:
@@ -160,7 +205,15 @@ class TensorRTEngine:
             self.contexts = []
             for i in range(len(self.profiles)):
                 c = self.engine.create_execution_context()
-                c.set_optimization_profile_async(i, self.stream.handle)
+                if c is None:
+                    raise EngineError(
+                        f"TensorRT could not create an execution context for {rec['file']} (out of GPU memory?)"
+                    )
+                if not c.set_optimization_profile_async(i, self.stream.handle):
+                    raise EngineError(
+                        f"TensorRT refused optimization profile {i} of {rec['file']} (plans.json lists "
+                        f"{self.profiles}): the plan and plans.json disagree; rebuild with `inspector rebuild`"
+                    )
                 self.contexts.append(c)
             self.stream.synchronize()
             h, w = rec["frame"]
@@ -176,13 +229,19 @@ class TensorRTEngine:
             self.ctx.pop()
 
     def run_on_device(self, d_in: int, d_out: int, batch: int, frame: tuple[int, int], stream: Any) -> None:
-        """Enqueue this engine on ``stream`` for ``batch`` frames at device pointers ``d_in`` -> ``d_out``."""
-        ctx = self.contexts[select_profile(self.profiles, batch)]
-        ctx.set_input_shape(self.input, (batch, 1, *frame))
-        ctx.set_tensor_address(self.input, int(d_in))
-        ctx.set_tensor_address(self.output, int(d_out))
+        """Enqueue this engine on ``stream`` for ``batch`` frames at device pointers ``d_in`` -> ``d_out``
+        (each 256-byte aligned); raises :class:`EngineError` on any refusal, before anything is enqueued."""
+        index = select_profile(self.profiles, batch)
+        ctx = self.contexts[index]
+        shape = (batch, 1, *frame)
+        checked_input_shape(ctx, self.name, self.input, shape, self.profiles[index])
+        checked_tensor_address(ctx, self.name, self.input, d_in)
+        checked_tensor_address(ctx, self.name, self.output, d_out)
         if not ctx.execute_async_v3(stream.handle):
-            raise EngineError(f"TensorRT execution of {self.name!r} failed to enqueue")
+            raise EngineError(
+                f"TensorRT could not enqueue the {self.name!r} plan (input {self.input!r} of shape {shape} at "
+                f"{int(d_in):#x}, output {self.output!r} at {int(d_out):#x}): see TensorRT's log above"
+            )
 
     def infer(self, frames: np.ndarray) -> np.ndarray:
         n = len(frames)
@@ -274,6 +333,10 @@ class PycudaExecutor:
             self.ctx.pop()
 
     def _allocate(self, max_batch: int, frame: tuple[int, int]) -> None:
+        """Per buffer set ``b`` (double-buffered): the batch tensors the engines read and write, dense
+        ``(max_batch, ...)`` as TensorRT takes them (bound at their base only; a frame's slot in them is
+        reached by copies, which have no alignment rule), and the median's scratch ``d_med{b}``: two frame
+        slots at a stride rounded up to 256 bytes, input and output of the median plan."""
         cuda = self.cuda
         h, w = frame
         self.host_bufs: dict[str, np.ndarray] = {}
@@ -287,15 +350,15 @@ class PycudaExecutor:
                 (f"defect{b}", (max_batch, 2), np.float32),
             ):
                 self.host_bufs[name] = cuda.pagelocked_empty(shape, dtype)
-            for name, nbytes in (
-                (f"d_in{b}", h * w),
-                (f"d_ae_in{b}", h * w),
-                (f"d_ae_out{b}", h * w),
-                (f"d_tmp{b}", h * w),
-                (f"d_noise{b}", 16),
-                (f"d_defect{b}", 8),
+            for name, nbytes, slots in (
+                (f"d_in{b}", h * w, max_batch),
+                (f"d_ae_in{b}", h * w, max_batch),
+                (f"d_ae_out{b}", h * w, max_batch),
+                (f"d_med{b}", aligned(h * w), 2),
+                (f"d_noise{b}", 16, max_batch),
+                (f"d_defect{b}", 8, max_batch),
             ):
-                self.dev[name] = cuda.mem_alloc(max_batch * nbytes)
+                self.dev[name] = cuda.mem_alloc(slots * nbytes)
                 self.item_bytes[name] = nbytes
         self.streams = {"copy": cuda.Stream(), "compute": cuda.Stream()}
         self.events = EventPool(cuda.Event)
@@ -344,10 +407,13 @@ class PycudaExecutor:
                     "no median plan in this set's tensorrt/ folder: rebuild with `inspector rebuild`"
                 )
             h, w = self.frame
-            b = a["buf"][-1]
-            # Out of place: the frame to a scratch buffer, the median plan back into its slot.
-            cuda.memcpy_dtod_async(self._ptr(f"d_tmp{b}"), self._ptr(a["buf"], a["i"]), h * w, s)
-            self.median.run_on_device(self._ptr(f"d_tmp{b}"), self._ptr(a["buf"], a["i"]), 1, self.frame, s)
+            med = f"d_med{a['buf'][-1]}"
+            # The frame's slot (base + i * h * w, 90000 bytes apart at 300x300: off the 256-byte alignment) is
+            # never bound: the frame is copied into aligned scratch slot 0, the median plan writes slot 1,
+            # and the result is copied back into the frame's slot.
+            cuda.memcpy_dtod_async(self._ptr(med, 0), self._ptr(a["buf"], a["i"]), h * w, s)
+            self.median.run_on_device(self._ptr(med, 0), self._ptr(med, 1), 1, self.frame, s)
+            cuda.memcpy_dtod_async(self._ptr(a["buf"], a["i"]), self._ptr(med, 1), h * w, s)
         elif op.kind == "record":
             self._event(a["event"]).record(s)
         elif op.kind == "wait":

@@ -108,12 +108,22 @@ def build_plan(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     timing = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
+    # A cache from another TensorRT version or GPU is refused (False): start a fresh one (saved below).
+    if not config.set_timing_cache(timing, ignore_mismatch=False) and not config.set_timing_cache(
+        config.create_timing_cache(b""), ignore_mismatch=False
+    ):
+        raise RuntimeError(f"TensorRT refused even an empty timing cache while building {onnx}")
     h, w = frame
     for lo, opt, hi in profiles:
         prof = builder.create_optimization_profile()
+        # The Python binding raises on its own when setDimensions refuses a shape (no bool comes back).
         prof.set_shape("frames", (lo, 1, h, w), (opt, 1, h, w), (hi, 1, h, w))
-        config.add_optimization_profile(prof)
+        if config.add_optimization_profile(prof) < 0:
+            raise RuntimeError(
+                f"TensorRT refused the optimization profile for input 'frames' min {(lo, 1, h, w)}, opt "
+                f"{(opt, 1, h, w)}, max {(hi, 1, h, w)} of {onnx}: it needs min <= opt <= max and the "
+                "network's input named 'frames'"
+            )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build a plan for {onnx} (see the log above)")

@@ -138,3 +138,87 @@ def test_streamed_path_on_the_gpu_matches_the_cpu_pipeline(tmp_path):  # pragma:
     median.close()
     runner.pipe.close()
     cpu.close()
+
+
+def test_bound_regions_are_strided_to_tensorrts_256_byte_alignment():
+    from inspector.backends.tensorrt import TRT_ALIGNMENT, aligned
+
+    assert TRT_ALIGNMENT == 256
+    assert [aligned(n) for n in (0, 1, 255, 256, 257, 90000)] == [0, 256, 256, 256, 512, 90112]
+    assert 90000 % 256 != 0 and all(aligned(90000) * i % 256 == 0 for i in range(64))
+    assert aligned(100, 512) == 512
+
+
+def test_build_plan_checks_what_the_builder_refuses(tmp_path, monkeypatch):
+    """``add_optimization_profile`` answers -1 for a profile it refuses and ``set_timing_cache`` False for a
+    cache from another TensorRT or GPU (a fake TensorRT builder; ``set_shape`` raises on its own)."""
+    import sys
+    import types
+
+    pytest.importorskip("onnx")
+    from inspector.backends.median_graph import median_model
+    from inspector.backends.trt_build import build_plan
+
+    calls: list = []
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = (name, lo, opt, hi)
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def create_timing_cache(self, data):
+            return bytes(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls.append(("cache", cache))
+            return cache in (b"", b"built here")
+
+        def add_optimization_profile(self, prof):
+            calls.append(("profile", prof.shapes))
+            _name, lo, opt, hi = prof.shapes
+            return len(calls) if lo[0] <= opt[0] <= hi[0] else -1
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"built here")
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self):
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"plan"
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "11.0.0"
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = Builder
+    trt.OnnxParser = lambda network, logger: types.SimpleNamespace(parse=lambda data: True, num_errors=0)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    onnx = tmp_path / "median.onnx"
+    onnx.write_bytes(median_model(8, 8).SerializeToString())
+    plan, cache = tmp_path / "median.plan", tmp_path / "timing.cache"
+    cache.write_bytes(b"from another GPU")
+    build_plan(onnx, plan, [(1, 1, 4), (5, 8, 8)], (8, 8), cache)
+    assert plan.read_bytes() == b"plan" and cache.read_bytes() == b"built here"
+    assert calls[:2] == [("cache", b"from another GPU"), ("cache", b"")]  # refused, so a fresh cache
+    assert [c[1] for c in calls[2:]] == [
+        ("frames", (1, 1, 8, 8), (1, 1, 8, 8), (4, 1, 8, 8)),
+        ("frames", (5, 1, 8, 8), (8, 1, 8, 8), (8, 1, 8, 8)),
+    ]
+    with pytest.raises(
+        RuntimeError, match=r"refused the optimization profile for input 'frames' min \(5, 1, 8, 8\)"
+    ):
+        build_plan(onnx, plan, [(5, 8, 4)], (8, 8), cache)
