@@ -178,9 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         b.add_argument(
             "--fifo-depth",
-            type=int,
+            type=_depth,
             default=64,
-            help="rejects kept per camera for the PLC (default: %(default)s)",
+            help="rejects kept per camera for the PLC: a power of two, 1-64 (default: %(default)s)",
+        )
+        b.add_argument(
+            "--ring-depth",
+            type=_depth,
+            default=64,
+            help="verdicts (PASS and reject) kept per camera in its verdict ring, the PLC's positive answer "
+            "per part: a power of two, 1-64 (default: %(default)s)",
         )
         b.add_argument(
             "--heartbeat-misses",
@@ -490,6 +497,16 @@ def render_demo_summary(report: Any, verdicts: list[dict[str, Any]], gaps: int, 
     return "\n".join(lines)
 
 
+def _depth(text: str) -> int:
+    """argparse type for --fifo-depth / --ring-depth: a clear usage error, not a traceback."""
+    from inspector.bridges.core import check_depth
+
+    try:
+        return check_depth(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_bridge(args: argparse.Namespace) -> int:
     from inspector import logs
     from inspector.bridges.run import run_until_signal
@@ -520,6 +537,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 zmq_options=zmq_options,
                 stop=stop,
                 gate=(args.gate_plc, args.gate_coil, args.gate_pulse_ms) if args.gate_plc else None,
+                ring_depth=args.ring_depth,
             )
         )
     from inspector.bridges.opcua import serve as serve_opcua
@@ -536,6 +554,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             key=args.key,
             zmq_options=zmq_options,
             stop=stop,
+            fifo_depth=args.fifo_depth,
+            ring_depth=args.ring_depth,
         )
     )
 

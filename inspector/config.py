@@ -281,6 +281,39 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+# Settings read once, when a worker starts or a socket is made: a reload (SIGHUP) cannot apply them, and a
+# changed value would silently take effect at the next worker restart. A reload that changes one is refused.
+RESTART_ONLY = (
+    "daemon_id",
+    "ingest.endpoint",
+    "ingest.socket",
+    "ingest.bind",
+    "ingest.rcvhwm",
+    "publish.endpoint",
+    "publish.bind",
+    "publish.sndhwm",
+    "batching.queue_size",
+    "ring.slots",
+    "security",
+    "archive.dir",
+    "metrics",
+    "log",
+)
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """The :data:`RESTART_ONLY` settings that differ between ``old`` and ``new``."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    out = []
+    for key in RESTART_ONLY:
+        x, y = a, b
+        for part in key.split("."):
+            x, y = x[part], y[part]
+        if x != y:
+            out.append(key)
+    return out
+
+
 class ConfigError(ValueError):
     """Invalid configuration; ``errors`` holds one 'key.path: message' line per problem."""
 

@@ -159,7 +159,8 @@ class Pipeline:
                     noise_confidence=float(noise_conf[i]),
                     denoiser=names[i],
                     score=float(scores[i]),
-                    defective=bool(scores[i] >= t),
+                    # not "score >= t": a NaN score is not below the threshold either, and must never PASS
+                    defective=not bool(scores[i] < t),
                     threshold=t,
                     stage_ms=ms,
                     inspected=inspected[i] if inspected is not None and names[i] != "none" else None,

@@ -76,6 +76,11 @@ class FrameHeader(BaseModel):
     encoder: _Int64 | None = Field(
         default=None, description="encoder count at trigger, echoed for the PLC's shift register"
     )
+    cam_seq: _TsNs | None = Field(
+        default=None,
+        description="the camera's own frame counter, +1 per frame sent (as GigE Vision numbers its blocks): "
+        "a gap means frames lost before inspection, answered as DROPPED (not_received)",
+    )
     encoding: Literal["raw", "png", "jpeg"] = "raw"
     dtype: Literal["uint8"] = "uint8"
     shape: Annotated[list[_Side], Field(min_length=2, max_length=2)] = Field(
@@ -89,6 +94,7 @@ _ID_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "frame_id": TypeAdapter(_FrameId),
     "encoder": TypeAdapter(_Int64),
     "ts_ns": TypeAdapter(_TsNs),
+    "cam_seq": TypeAdapter(_TsNs),
 }
 
 
@@ -312,6 +318,7 @@ def encode_frame(
     ts_ns: int,
     encoding: str = "raw",
     encoder: int | None = None,
+    cam_seq: int | None = None,
 ) -> list[bytes]:
     """Build a ``[header, payload]`` message for a (H, W) uint8 image (what a camera sends)."""
     if image.dtype != np.uint8 or image.ndim != 2:
@@ -336,15 +343,19 @@ def encode_frame(
     }
     if encoder is not None:
         header["encoder"] = int(encoder)
-    return [json.dumps(header, separators=(",", ":")).encode(), payload]
+    if cam_seq is not None:
+        header["cam_seq"] = int(cam_seq)
+    return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), payload]
 
 
 def encode_message(topic: bytes, body: dict[str, Any]) -> list[bytes]:
-    return [topic, json.dumps(body, separators=(",", ":")).encode()]
+    """``[topic, body]`` as published. NaN and infinities are refused (``ValueError``): they are not JSON,
+    and a receiver that parses them reads a PASS where a score was never a number."""
+    return [topic, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()]
 
 
 def decode_message(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     """A bridge's view: ``[topic, body]`` -> (topic, dict)."""
     if len(parts) != 2:
         raise ProtocolError("bad_framing", f"expected [topic, body], got {len(parts)} parts")
-    return parts[0].decode(), json.loads(parts[1].decode("utf-8"))
+    return parts[0].decode(), json.loads(parts[1].decode("utf-8"), parse_constant=_no_constant)

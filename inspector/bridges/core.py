@@ -1,8 +1,13 @@
-"""What every PLC bridge does with the daemon's verdict stream: fail-safe state, reject FIFOs, counts.
+"""What every PLC bridge does with the daemon's verdict stream: fail-safe state, verdict rings, reject FIFOs.
 
 The Modbus and OPC UA bridges only present this state in their protocol; the
 logic - when to fail safe, when to clear, what a lost verdict is, which
-rejects a PLC must act on - lives here once and is tested without a network.
+verdicts a PLC must act on - lives here once and is tested without a network.
+
+The contract a PLC follows (docs/plc.md): a part passes only when the bridge
+positively says PASS *for that part* (its frame id in the camera's verdict ring),
+in time, while fail-safe is 0. Anything else - a reject, no verdict, a verdict
+the PLC missed - rejects the part.
 
 Fail safe (the PLC rejects every part while it is set) when:
 
@@ -10,19 +15,27 @@ Fail safe (the PLC rejects every part while it is set) when:
 - no heartbeat for ``heartbeat_misses`` intervals (``no_heartbeat``; detected 10% early, so a PLC
   polling the bridge sees it within those intervals);
 - a heartbeat says the daemon is not ready (``not_ready``);
-- a gap in ``seq``: verdicts were lost between daemon and bridge (``seq_gap``);
-  the number of frames whose verdict was lost is counted;
+- verdicts were lost between daemon and bridge (``seq_gap``): a gap in ``seq``, or a heartbeat
+  whose ``last_seq`` is ahead of the last verdict the bridge saw; the lost frames are counted;
 - the daemon restarted (its heartbeat's uptime went down, or ``seq`` started
-  again at 1) (``daemon_restarted``): frames in flight then got no verdict.
+  again at 1) (``daemon_restarted``): frames in flight then got no verdict;
+- a reject the bridge cannot route to a camera (camera unknown, missing, or past
+  ``max_cameras``) (``unroutable_reject``): no PLC can match it to its part;
+- a camera's reject FIFO overflowed (``fifo_overflow``): held until the PLC has acknowledged
+  (written ``tail``) past every reject it lost;
+- the daemon's heartbeat reports frames it took in and has not answered (``frames_unanswered``);
+- the bridge itself failed (``bridge_fault``): it then exits, and systemd restarts it.
 
-It clears only on a heartbeat that says ready *and* whose ``last_seq`` equals
-the last verdict the bridge has seen - heartbeats and verdicts both back, none
-missing.
+It clears only on a heartbeat that says ready, reports no unanswered frame, *and*
+whose ``last_seq`` equals the last verdict the bridge has seen - heartbeats and
+verdicts both back, none missing - with no FIFO overflow still unacknowledged.
+A bridge fault never clears.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +50,13 @@ FAILSAFE_CODES = {
     "not_ready": 3,
     "seq_gap": 4,
     "daemon_restarted": 5,
+    "unroutable_reject": 6,
+    "fifo_overflow": 7,
+    "frames_unanswered": 8,
+    "bridge_fault": 9,
 }
 U32 = 1 << 32
+MAX_DEPTH = 64  # entries per FIFO / verdict ring: a power of two, so that index = u16 count mod depth
 
 
 def u32(value: Any) -> int:
@@ -50,9 +68,19 @@ def u32(value: Any) -> int:
     return zlib.crc32(str(value).encode())
 
 
+def check_depth(depth: int) -> int:
+    """A FIFO / ring depth a PLC can index with a wrapping 16-bit counter: a power of two, 1..64."""
+    if not isinstance(depth, int) or depth < 1 or depth > MAX_DEPTH or depth & (depth - 1):
+        raise ValueError(
+            f"depth {depth!r} is not a power of two from 1 to {MAX_DEPTH} (a PLC indexes entries with "
+            "a 16-bit counter modulo the depth, which must divide 65536; 64 entries fill a camera's block)"
+        )
+    return depth
+
+
 @dataclass(frozen=True)
 class Reject:
-    """One verdict with ``reject: true`` that a PLC must act on."""
+    """One verdict with ``reject: true`` that a PLC must act on (``camera_seq``: the camera's reject count)."""
 
     seq: int
     camera_id: str
@@ -61,6 +89,28 @@ class Reject:
     verdict: str
     score: float | None
     reason: str | None
+    camera_seq: int = 0
+
+
+@dataclass
+class VerdictRing:
+    """The last ``depth`` verdicts of one camera, PASS and reject alike: the PLC's positive answer per part.
+
+    ``count`` counts verdicts written; entry ``n`` sits at index ``n % depth``. The PLC copies new
+    entries each scan (nothing to acknowledge); if ``count`` moved by more than ``depth`` since its
+    last scan it missed verdicts, and parts it holds no PASS for are rejected anyway.
+    """
+
+    depth: int
+    entries: list[Reject | None] = field(default_factory=list)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.entries = [None] * self.depth
+
+    def push(self, r: Reject) -> None:
+        self.entries[self.count % self.depth] = r
+        self.count += 1
 
 
 @dataclass
@@ -70,7 +120,8 @@ class RejectFifo:
     ``head`` counts rejects written, ``tail`` what the PLC has acknowledged (it writes ``tail``
     back after reading entries ``tail .. head-1``, each at index ``n % depth``). When the PLC
     falls more than ``depth`` behind, the oldest unread entries are overwritten and counted in
-    ``overflow`` (the PLC must then fail safe itself: it has missed rejects).
+    ``overflow``, and ``lost_until`` holds the head at that moment: the bridge fails safe until
+    the PLC acknowledges a tail at or past it.
     """
 
     depth: int
@@ -78,16 +129,22 @@ class RejectFifo:
     head: int = 0
     tail: int = 0
     overflow: int = 0
+    lost_until: int | None = None
 
     def __post_init__(self) -> None:
         self.entries = [None] * self.depth
 
-    def push(self, r: Reject) -> None:
-        if self.head - self.tail >= self.depth:
+    def push(self, r: Reject) -> bool:
+        """Write a reject; True when an unread one had to be overwritten for it."""
+        lost = self.head - self.tail >= self.depth
+        if lost:
             self.overflow += 1
             self.tail += 1  # the oldest unread entry is gone; the PLC sees it in `overflow`
         self.entries[self.head % self.depth] = r
         self.head += 1
+        if lost:
+            self.lost_until = self.head
+        return lost
 
     def ack(self, tail16: int) -> bool:
         """The PLC wrote its 16-bit tail: accept it if it lies within the unread range."""
@@ -95,6 +152,8 @@ class RejectFifo:
         if behind > self.head - self.tail or behind > self.depth:
             return False
         self.tail = self.head - behind
+        if self.lost_until is not None and self.tail >= self.lost_until:
+            self.lost_until = None  # read past every reject it lost
         return True
 
     @property
@@ -106,10 +165,33 @@ class RejectFifo:
 class CameraState:
     index: int
     fifo: RejectFifo
+    ring: VerdictRing
     counts: Counter[str] = field(default_factory=Counter)
     last: dict[str, Any] = field(default_factory=dict)
     health: str = "ok"
     health_reason: str | None = None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _int(v: Any, what: str, low: int = 0) -> int:
+    if type(v) is not int or v < low:
+        raise ValueError(f"{what} is not an integer >= {low}: {v!r:.40}")
+    return v
+
+
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{what} is not a finite number: {v!r:.40}")
+    return float(v)
+
+
+def _opt(v: Any, types: tuple[type, ...], what: str) -> Any:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, types)):
+        raise ValueError(f"{what} has the wrong type: {v!r:.40}")
+    return v
 
 
 class BridgeState:
@@ -123,11 +205,15 @@ class BridgeState:
         heartbeat_misses: int = 3,
         on_reject: Callable[[Reject], None] | None = None,
         on_failsafe: Callable[[bool, str | None], None] | None = None,
+        ring_depth: int | None = None,
+        on_each: Callable[[Reject, int], None] | None = None,
     ) -> None:
         self.max_cameras = max(max_cameras, len(cameras or []))
-        self.fifo_depth = fifo_depth
+        self.fifo_depth = check_depth(fifo_depth)
+        self.ring_depth = check_depth(ring_depth if ring_depth is not None else fifo_depth)
         self.heartbeat_misses = heartbeat_misses
         self.cameras: dict[str, CameraState] = {}
+        self.fixed = False
         for c in cameras or []:
             self._camera(c)
         self.fixed = bool(cameras)
@@ -142,19 +228,28 @@ class BridgeState:
         self.interval = 1.0
         self.ready = False
         self.uptime = -1.0
+        self.unanswered = 0
         self.malformed = 0
-        self.unknown_cameras = 0
+        self.unknown_cameras = 0  # verdicts of a camera the bridge does not map
+        self.unroutable = 0  # of those, rejects: no PLC can match them to a part
         self.model_version: str | None = None
+        self.ticks = 0  # +1 per 100 ms while the subscription loop is alive (the PLC's `bridge_tick`)
+        self._period: int | None = None
+        self.fault: str | None = None
         self.on_reject = on_reject
         self.on_failsafe = on_failsafe
+        self.on_each = on_each  # every verdict of a mapped camera, with the camera's verdict count
 
     # -- input ---------------------------------------------------------------------------------
     def feed(self, parts: list[bytes], now: float) -> None:
-        """One ``[topic, body]`` message from the daemon's PUB socket; malformed ones are counted."""
+        """One ``[topic, body]`` message from the daemon's PUB socket; malformed ones are counted.
+
+        A message is checked whole before it changes anything: a malformed one leaves the state as
+        it was (a lost verdict then shows as the next one's ``seq`` gap)."""
         try:
             if len(parts) != 2:
                 raise ValueError("not [topic, body]")
-            body = json.loads(parts[1].decode("utf-8"))
+            body = json.loads(parts[1].decode("utf-8"), parse_constant=_no_constant)
             if not isinstance(body, dict):
                 raise ValueError("body is not an object")
             if parts[0] == b"heartbeat":
@@ -163,38 +258,68 @@ class BridgeState:
                 self.on_verdict(body)
             else:
                 raise ValueError(f"unknown topic {parts[0][:20]!r}")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
             self.malformed += 1
 
     def on_heartbeat(self, hb: dict[str, Any], now: float) -> None:
-        interval = float(hb["interval_s"])
-        uptime = float(hb["uptime_s"])
-        last_seq = int(hb["last_seq"])
-        ready = hb["ready"] is True
+        interval = _number(hb["interval_s"], "interval_s")
+        if interval <= 0:
+            raise ValueError("interval_s <= 0")
+        uptime = _number(hb["uptime_s"], "uptime_s")
+        last_seq = _int(hb["last_seq"], "last_seq")
+        ready = hb["ready"]
+        if not isinstance(ready, bool):
+            raise ValueError("ready is not a boolean")
+        unanswered = _int(hb.get("unanswered", 0), "unanswered")
+        model_version = _opt(hb.get("model_version"), (str,), "model_version")
+        cams = _opt(hb.get("cameras"), (dict,), "cameras") or {}
+        health = {}
+        for cid, h in cams.items():
+            if not isinstance(h, dict):
+                raise ValueError("a camera's health is not an object")
+            health[cid] = (str(h.get("state", "ok")), _opt(h.get("reason"), (str,), "health reason"))
+        # -- checked whole; from here the state changes --
         restarted = uptime < self.uptime
         self.heartbeats += 1
         self.last_heartbeat, self.interval, self.uptime, self.ready = now, interval, uptime, ready
-        self.model_version = hb.get("model_version")
-        for cid, h in (hb.get("cameras") or {}).items():
+        self.model_version, self.unanswered = model_version, unanswered
+        for cid, (state, reason) in health.items():
             cam = self._camera(cid)
-            if cam is not None and isinstance(h, dict):
-                cam.health, cam.health_reason = str(h.get("state", "ok")), h.get("reason")
+            if cam is not None:
+                cam.health, cam.health_reason = state, reason
         if restarted:
             self.last_seq = last_seq
             self._set(True, "daemon_restarted")
             return
         if self.last_seq is None:
             self.last_seq = last_seq  # joined mid-stream: this is where our count starts
+        elif last_seq > self.last_seq:
+            # The daemon published verdicts the bridge never received (heartbeats follow verdicts on
+            # one socket, in order): those frames' verdicts are lost.
+            self.lost += last_seq - self.last_seq
+            self.last_seq = last_seq
+            self._set(True, "seq_gap")
+            return
         if not ready:
             self._set(True, "not_ready")
-        elif last_seq == self.last_seq:
+        elif unanswered:
+            self._set(True, "frames_unanswered")
+        elif last_seq == self.last_seq and not self._latched():
             self._set(False, None)
 
     def on_verdict(self, v: dict[str, Any]) -> None:
-        seq = int(v["seq"])
-        verdict = str(v["verdict"])
+        seq = _int(v["seq"], "seq", 1)
+        verdict = v["verdict"]
         if verdict not in VERDICT_CODES:
-            raise ValueError(f"unknown verdict {verdict!r}")
+            raise ValueError(f"unknown verdict {verdict!r:.40}")
+        camera_id = _opt(v.get("camera_id"), (str,), "camera_id")
+        frame_id = _opt(v.get("frame_id"), (str, int), "frame_id")
+        encoder = _opt(v.get("encoder"), (int,), "encoder")
+        score = v.get("defect_score")
+        score = None if score is None else _number(score, "defect_score")
+        reason = _opt(v.get("reason"), (str,), "reason")
+        reject = v.get("reject") is not False or verdict != "PASS"
+        # -- checked whole; from here the state changes --
         if self.last_seq is not None:
             if seq == 1 and self.last_seq > 1:
                 self._set(True, "daemon_restarted")
@@ -203,44 +328,64 @@ class BridgeState:
                 self._set(True, "seq_gap")
         self.last_seq = seq
         self.counts[verdict] += 1
-        camera_id = v.get("camera_id")
-        cam = self._camera(camera_id) if isinstance(camera_id, str) else None
+        cam = self._camera(camera_id)
+        r = Reject(seq, camera_id or "", frame_id, encoder, verdict, score, reason)
         if cam is None:
             self.unknown_cameras += 1
         else:
             cam.counts[verdict] += 1
             cam.last = v
-        if v.get("reject") is not False or verdict != "PASS":
-            score = v.get("defect_score")
-            r = Reject(
-                seq=seq,
-                camera_id=camera_id if isinstance(camera_id, str) else "",
-                frame_id=v.get("frame_id"),
-                encoder=v.get("encoder") if isinstance(v.get("encoder"), int) else None,
-                verdict=verdict,
-                score=float(score) if isinstance(score, (int, float)) else None,
-                reason=v.get("reason"),
-            )
-            if cam is not None:
-                cam.fifo.push(r)
-            if self.on_reject is not None:
-                self.on_reject(r)
+            cam.ring.push(r)
+            if self.on_each is not None:
+                self.on_each(r, cam.ring.count)
+        if not reject:
+            return
+        if cam is None:
+            self.unroutable += 1
+            self._set(True, "unroutable_reject")
+        else:
+            r = Reject(seq, camera_id or "", frame_id, encoder, verdict, score, reason, cam.fifo.head + 1)
+            if cam.fifo.push(r):
+                self._set(True, "fifo_overflow")
+        if self.on_reject is not None:
+            self.on_reject(r)
 
     def tick(self, now: float) -> None:
-        """Call often (every tenth of a heartbeat interval or so): notices a silent daemon."""
+        """Call from the live subscription loop (every few tens of ms): notices a silent daemon, and
+        advances ``ticks`` every 100 ms - a hung loop freezes it, which is what a PLC watches."""
+        period = int(now * 10)
+        if period != self._period:  # a new 100 ms period of the clock: +1, at most once per period
+            self.ticks += 1
+            self._period = period
         # 10% early, so that with this tick, the event loop and the PLC's own poll, the PLC sees it
         # within the N intervals.
         limit = 0.9 * self.heartbeat_misses * self.interval
         if self.last_heartbeat is not None and now - self.last_heartbeat > limit:
             self._set(True, "no_heartbeat")
 
+    def failed(self, why: str) -> None:
+        """The bridge itself broke (its subscription task died): fail safe for good; the caller exits."""
+        self.fault = why
+        changed = not self.failsafe
+        self.failsafe, self.reason = True, "bridge_fault"  # overrides whatever reason it had
+        if changed:
+            self.transitions += 1
+        if self.on_failsafe is not None:
+            self.on_failsafe(True, "bridge_fault")
+
     # -- helpers -------------------------------------------------------------------------------
+    def _latched(self) -> bool:
+        """Conditions a heartbeat cannot clear: an unacknowledged FIFO overflow, a bridge fault."""
+        return self.fault is not None or any(c.fifo.lost_until is not None for c in self.cameras.values())
+
     def _camera(self, camera_id: str | None) -> CameraState | None:
         if camera_id is None:
             return None
         cam = self.cameras.get(camera_id)
-        if cam is None and not getattr(self, "fixed", False) and len(self.cameras) < self.max_cameras:
-            cam = self.cameras[camera_id] = CameraState(len(self.cameras), RejectFifo(self.fifo_depth))
+        if cam is None and not self.fixed and len(self.cameras) < self.max_cameras:
+            cam = self.cameras[camera_id] = CameraState(
+                len(self.cameras), RejectFifo(self.fifo_depth), VerdictRing(self.ring_depth)
+            )
         return cam
 
     def _set(self, failsafe: bool, reason: str | None) -> None:

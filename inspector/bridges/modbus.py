@@ -22,10 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.bridges.core import FAILSAFE_CODES, VERDICT_CODES, BridgeState, CameraState, u32
+from inspector.bridges.core import (
+    FAILSAFE_CODES,
+    VERDICT_CODES,
+    BridgeState,
+    CameraState,
+    Reject,
+    check_depth,
+    u32,
+)
 
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: verdict rings (the positive PASS per part), fail-safe reasons 6-9, status 24-29
 CAMERA_BASE, CAMERA_STRIDE, ENTRY_BASE, ENTRY_WORDS = 1000, 1000, 16, 8
+RING_BASE = 20000  # verdict ring of camera c at RING_BASE + CAMERA_STRIDE * c
+MAX_CAMERAS = 16  # camera blocks 1000..16999, rings 20000..35999; alarm bits fit one register
 NONE16 = 0xFFFF
 
 
@@ -42,12 +52,19 @@ STATUS = [
     Reg(0, 1, "map_version", f"register map version ({MAP_VERSION})"),
     Reg(1, 1, "heartbeat_count", "daemon heartbeats received, modulo 65536: must change every interval"),
     Reg(2, 1, "daemon_ready", "1 when the daemon's last heartbeat said ready"),
-    Reg(3, 1, "failsafe", "1 = REJECT EVERY PART (no heartbeat, daemon not ready, lost verdicts, restart)"),
+    Reg(
+        3,
+        1,
+        "failsafe",
+        "1 = REJECT EVERY PART (no heartbeat, daemon not ready, lost verdicts, restart, ...)",
+    ),
     Reg(
         4,
         1,
         "failsafe_reason",
-        "0 none, 1 starting, 2 no heartbeat, 3 not ready, 4 seq gap, 5 daemon restarted",
+        "0 none, 1 starting, 2 no heartbeat, 3 not ready, 4 lost verdicts (seq gap), 5 daemon restarted, "
+        "6 unroutable reject, 7 FIFO overflow (until tail is written past it), 8 frames unanswered, "
+        "9 bridge fault",
     ),
     Reg(5, 2, "last_seq", "seq of the last verdict received (u32)"),
     Reg(7, 2, "lost_verdicts", "frames whose verdict never reached the bridge (seq gaps, u32)"),
@@ -61,8 +78,15 @@ STATUS = [
     Reg(21, 1, "fifo_depth", "entries per camera reject FIFO"),
     Reg(22, 1, "malformed", "malformed messages from the daemon, modulo 65536"),
     Reg(
-        23, 1, "bridge_tick", "the bridge's own counter, +1 every 100 ms: a frozen value means a hung bridge"
+        23,
+        1,
+        "bridge_tick",
+        "+1 every 100 ms while the bridge's subscription loop runs: a frozen value means a hung bridge",
     ),
+    Reg(24, 2, "unknown_cameras", "verdicts for a camera this bridge does not map (u32)"),
+    Reg(26, 2, "unroutable_rejects", "of those, rejects: no FIFO could take them, fail-safe 6 (u32)"),
+    Reg(28, 1, "ring_depth", "entries per camera verdict ring"),
+    Reg(29, 1, "unanswered", "frames the daemon took in and has not answered (its last heartbeat)"),
 ]
 STATUS_WORDS = 32
 CAMERA = [
@@ -75,12 +99,17 @@ CAMERA = [
     Reg(7, 2, "last_encoder", "encoder count of the last verdict, low 32 bits"),
     Reg(9, 2, "count_pass", "PASS verdicts for this camera (u32)"),
     Reg(11, 2, "count_reject", "verdicts with reject = true for this camera (u32)"),
+    Reg(13, 2, "verdict_count", "verdicts written to this camera's verdict ring (u32; same as ring `count`)"),
+]
+RING = [
+    Reg(0, 2, "count", "verdicts for this camera, PASS and reject alike (u32): entry n at index n mod depth"),
+    Reg(2, 1, "depth", "entries in the ring"),
 ]
 ENTRY = [
     Reg(0, 2, "seq", "the verdict's seq (u32)"),
     Reg(2, 2, "frame_id", "frame id (u32; string ids as their CRC-32)"),
     Reg(4, 2, "encoder", "encoder count, low 32 bits (0xFFFFFFFF when the camera sent none)"),
-    Reg(6, 1, "verdict", "2 FAIL, 3 ERROR, 4 TIMEOUT, 5 DROPPED"),
+    Reg(6, 1, "verdict", "1 PASS (verdict ring only), 2 FAIL, 3 ERROR, 4 TIMEOUT, 5 DROPPED"),
     Reg(7, 1, "score", "defect score x 1000 (0xFFFF when not inspected)"),
 ]
 
@@ -94,10 +123,12 @@ class RegisterMap:
     """Renders :class:`BridgeState` into 16-bit registers and applies the PLC's writes."""
 
     def __init__(self, state: BridgeState, cameras: int, depth: int) -> None:
-        if ENTRY_BASE + depth * ENTRY_WORDS > CAMERA_STRIDE:
-            raise ValueError(f"FIFO depth {depth} does not fit a camera's {CAMERA_STRIDE} registers")
+        check_depth(depth)
+        check_depth(state.ring_depth)
+        if not 1 <= cameras <= MAX_CAMERAS:
+            raise ValueError(f"{cameras} cameras: the register map holds 1 to {MAX_CAMERAS}")
         self.state, self.n_cameras, self.depth = state, cameras, depth
-        self.started = time.monotonic()
+        self.ring_depth = state.ring_depth
         self.size = CAMERA_BASE + cameras * CAMERA_STRIDE
 
     def camera_at(self, index: int) -> CameraState | None:
@@ -126,9 +157,25 @@ class RegisterMap:
             alarm,
             self.depth,
             s.malformed % 0x10000,
-            int((time.monotonic() - self.started) * 10) % 0x10000,
+            s.ticks % 0x10000,
+            *words32(s.unknown_cameras),
+            *words32(s.unroutable),
+            self.ring_depth,
+            min(s.unanswered, 0xFFFF),
         ]
         return out + [0] * (STATUS_WORDS - len(out))
+
+    @staticmethod
+    def entry(e: Reject | None) -> list[int]:
+        if e is None:
+            return [0] * ENTRY_WORDS
+        return [
+            *words32(e.seq),
+            *words32(u32(e.frame_id)),
+            *words32(e.encoder if e.encoder is not None else 0xFFFFFFFF),
+            VERDICT_CODES[e.verdict],
+            NONE16 if e.score is None else min(max(round(e.score * 1000), 0), 1000),
+        ]
 
     def camera(self, index: int) -> list[int]:
         cam = self.camera_at(index)
@@ -148,20 +195,20 @@ class RegisterMap:
             *words32(enc if isinstance(enc, int) else 0xFFFFFFFF),
             *words32(cam.counts["PASS"]),
             *words32(rejects),
+            *words32(cam.ring.count),
         ]
         head += [0] * (ENTRY_BASE - len(head))
         for e in f.entries:
-            if e is None:
-                head += [0] * ENTRY_WORDS
-                continue
-            head += [
-                *words32(e.seq),
-                *words32(u32(e.frame_id)),
-                *words32(e.encoder if e.encoder is not None else 0xFFFFFFFF),
-                VERDICT_CODES[e.verdict],
-                NONE16 if e.score is None else min(round(e.score * 1000), 1000),
-            ]
+            head += self.entry(e)
         return head
+
+    def ring(self, index: int) -> list[int]:
+        cam = self.camera_at(index)
+        out = [*words32(cam.ring.count if cam else 0), self.ring_depth]
+        out += [0] * (ENTRY_BASE - len(out))
+        for e in cam.ring.entries if cam else [None] * self.ring_depth:
+            out += self.entry(e)
+        return out
 
     def fill(self, registers: list[int], start: int, address: int, count: int) -> None:
         """Write the current values of ``address .. address+count-1`` into ``registers``."""
@@ -171,20 +218,23 @@ class RegisterMap:
             for a in range(address, min(end, STATUS_WORDS)):
                 registers[a - start] = vals[a]
         for c in range(self.n_cameras):
-            base = CAMERA_BASE + c * CAMERA_STRIDE
-            top = base + ENTRY_BASE + self.depth * ENTRY_WORDS
-            if end <= base or address >= top:
-                continue
-            vals = self.camera(c)
-            for a in range(max(address, base), min(end, top)):
-                registers[a - start] = vals[a - base]
+            for base, words, render in (
+                (CAMERA_BASE + c * CAMERA_STRIDE, self.depth, self.camera),
+                (RING_BASE + c * CAMERA_STRIDE, self.ring_depth, self.ring),
+            ):
+                top = base + ENTRY_BASE + words * ENTRY_WORDS
+                if end <= base or address >= top:
+                    continue
+                vals = render(c)
+                for a in range(max(address, base), min(end, top)):
+                    registers[a - start] = vals[a - base]
 
     def write(self, address: int, values: list[int]) -> bool:
         """A PLC write; only the ``tail`` registers are writable (the rest are read-only in the map)."""
         for i, v in enumerate(values):
             rel = address + i - CAMERA_BASE
             c, off = divmod(rel, CAMERA_STRIDE)
-            cam = self.camera_at(c) if rel >= 0 and off == 1 else None
+            cam = self.camera_at(c) if rel >= 0 and off == 1 and c < self.n_cameras else None
             if cam is None or not cam.fifo.ack(int(v)):
                 return False
         return True
@@ -208,6 +258,16 @@ class RegisterMap:
                     readonly=True,
                 ),
             ]
+        blocks += [
+            SimData(
+                RING_BASE + c * CAMERA_STRIDE,
+                count=ENTRY_BASE + self.ring_depth * ENTRY_WORDS,
+                values=0,
+                datatype=DataType.REGISTERS,
+                readonly=True,
+            )
+            for c in range(self.n_cameras)
+        ]
 
         async def action(
             function_code: int,
@@ -303,31 +363,47 @@ async def serve(
     zmq_options: Callable[[Any], None] | None = None,
     stop: asyncio.Event | None = None,
     gate: tuple[str, int, float] | None = None,
+    ring_depth: int | None = None,
 ) -> None:
     """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``.
 
-    ``gate``: (PLC host:port, coil address, pulse ms) to also fire a reject coil on the PLC.
+    ``gate``: (PLC host:port, coil address, pulse ms) to also fire a reject coil on the PLC. If any
+    of the bridge's tasks dies, the map says fail-safe 9 (bridge fault) and the process exits 1.
     """
     from pymodbus.server import ModbusTcpServer
 
-    from inspector.bridges.run import Subscription
+    from inspector.bridges.run import Subscription, watch
 
     n = len(cameras) or max_cameras
-    state = BridgeState(cameras, max_cameras=n, fifo_depth=depth, heartbeat_misses=misses)
-    state.on_failsafe = lambda on, why: log.warning("fail-safe", failsafe=on, reason=why, lost=state.lost)
+    state = BridgeState(
+        cameras, max_cameras=n, fifo_depth=depth, heartbeat_misses=misses, ring_depth=ring_depth
+    )
+    state.on_failsafe = lambda on, why: log.warning(
+        "fail-safe", failsafe=on, reason=why, lost=state.lost, unroutable=state.unroutable
+    )
     regs = RegisterMap(state, n, depth)
     server = ModbusTcpServer(regs.simdevice(), address=(host, port))
     sub = Subscription(daemon, state, zmq_options)
     stop = stop or asyncio.Event()
-    log.info("modbus bridge", daemon=daemon, listen=f"{host}:{port}", cameras=cameras, fifo_depth=depth)
-    tasks = [asyncio.create_task(server.serve_forever()), asyncio.create_task(sub.run(stop))]
+    log.info(
+        "modbus bridge",
+        daemon=daemon,
+        listen=f"{host}:{port}",
+        cameras=cameras,
+        fifo_depth=depth,
+        ring_depth=state.ring_depth,
+    )
+    tasks = [
+        asyncio.create_task(server.serve_forever(), name="modbus-server"),
+        asyncio.create_task(sub.run(stop), name="subscription"),
+    ]
     if gate is not None:
         writer = GateWriter(state, *gate, log)
         state.on_reject = lambda _r: writer.reject()
-        tasks.append(asyncio.create_task(writer.run(stop)))
+        tasks.append(asyncio.create_task(writer.run(stop), name="gate-writer"))
         log.info("gate coil", plc=gate[0], coil=gate[1], pulse_ms=gate[2])
     try:
-        await stop.wait()
+        await watch(tasks, stop, state, log)
     finally:
         await server.shutdown()
         for t in tasks:
@@ -366,7 +442,16 @@ def register_tables(depth: int = 64) -> str:
         *rows(CAMERA, "B+"),
         f"| B+{ENTRY_BASE}.. | entries | {ENTRY_WORDS} words each | read | the reject FIFO: entry *n* (n = 0 .. depth-1) at B+{ENTRY_BASE}+{ENTRY_WORDS}n |",
         "",
-        f"Reject FIFO entry *n*, at E = B + {ENTRY_BASE} + {ENTRY_WORDS} x n (the default depth is {depth}, `--fifo-depth`):",
+        f"Verdict ring for camera *c* at base R = {RING_BASE} + {CAMERA_STRIDE} x c (the last `--ring-depth` verdicts, "
+        f"default {depth}, PASS and reject alike):",
+        "",
+        "| address | name | type | access | meaning |",
+        "|---|---|---|---|---|",
+        *rows(RING, "R+"),
+        f"| R+{ENTRY_BASE}.. | entries | {ENTRY_WORDS} words each | read | verdict *n* (n = 0 .. depth-1) at R+{ENTRY_BASE}+{ENTRY_WORDS}n |",
+        "",
+        f"FIFO and ring entry *n*, at E = B + {ENTRY_BASE} + {ENTRY_WORDS} x n or R + {ENTRY_BASE} + {ENTRY_WORDS} x n "
+        f"(depths are powers of two up to {depth}: `--fifo-depth`, `--ring-depth`):",
         "",
         "| address | name | type | access | meaning |",
         "|---|---|---|---|---|",

@@ -3,15 +3,19 @@
 Address space (namespace ``urn:line-inspector``), under ``Objects/LineInspector``:
 
 - ``Daemon``: ``HeartbeatCount``, ``Ready``, ``FailSafe``, ``FailSafeReason``,
-  ``LastSeq``, ``LostVerdicts``, ``ModelVersion``, ``Malformed`` and one
-  ``Count<VERDICT>`` per verdict kind;
+  ``LastSeq``, ``LostVerdicts``, ``ModelVersion``, ``Malformed``, ``UnknownCameras``,
+  ``UnroutableRejects``, ``Unanswered``, ``BridgeTick`` and one ``Count<VERDICT>`` per verdict kind;
 - ``Cameras/<camera_id>``: ``LastVerdict``, ``LastFrameId``, ``LastEncoder``,
   ``LastScore``, ``NoiseType``, ``PassCount``, ``RejectCount``, ``Health``,
   ``HealthReason``.
 
-Events, emitted by the ``LineInspector`` object: ``RejectEventType`` for every
+Events, emitted by the ``LineInspector`` object: ``VerdictEventType`` for every verdict of a mapped
+camera, PASS included (``CameraId``, ``FrameId``, ``Encoder``, ``Verdict``, ``Seq``, ``CameraSeq``: the
+camera's verdict count - the positive PASS per part, a gap in ``CameraSeq`` a lost event);
+``RejectEventType`` for every
 verdict with ``reject: true`` (``CameraId``, ``FrameId``, ``Encoder``,
-``Verdict``, ``Score``, ``Seq``, ``Reason``), and ``FailSafeEventType`` on every
+``Verdict``, ``Score``, ``Seq``, ``Reason``, ``CameraSeq``: the camera's reject count, so
+a gap shows a lost event), and ``FailSafeEventType`` on every
 fail-safe change (``FailSafe``, ``FailSafeReason``, ``LostVerdicts``).
 
 Security: with ``--cert`` and ``--key`` the server offers only
@@ -68,6 +72,10 @@ class AddressSpace:
             "LostVerdicts": ua.Variant(0, ua.VariantType.UInt64),
             "ModelVersion": "",
             "Malformed": ua.Variant(0, ua.VariantType.UInt64),
+            "UnknownCameras": ua.Variant(0, ua.VariantType.UInt64),
+            "UnroutableRejects": ua.Variant(0, ua.VariantType.UInt64),
+            "Unanswered": ua.Variant(0, ua.VariantType.UInt64),
+            "BridgeTick": ua.Variant(0, ua.VariantType.UInt32),
             **{f"Count{k}": ua.Variant(0, ua.VariantType.UInt64) for k in VERDICT_CODES},
         }
         for name, value in initial.items():
@@ -85,6 +93,20 @@ class AddressSpace:
                 ("Score", ua.VariantType.Double),
                 ("Seq", ua.VariantType.UInt64),
                 ("Reason", ua.VariantType.String),
+                ("CameraSeq", ua.VariantType.UInt64),
+            ],
+        )
+        self.verdict_type = await s.create_custom_event_type(
+            idx,
+            "VerdictEventType",
+            ua.ObjectIds.BaseEventType,
+            [
+                ("CameraId", ua.VariantType.String),
+                ("FrameId", ua.VariantType.String),
+                ("Encoder", ua.VariantType.Int64),
+                ("Verdict", ua.VariantType.String),
+                ("Seq", ua.VariantType.UInt64),
+                ("CameraSeq", ua.VariantType.UInt64),
             ],
         )
         self.failsafe_type = await s.create_custom_event_type(
@@ -98,6 +120,7 @@ class AddressSpace:
             ],
         )
         self.reject_gen = await s.get_event_generator(self.reject_type, root)
+        self.verdict_gen = await s.get_event_generator(self.verdict_type, root)
         self.failsafe_gen = await s.get_event_generator(self.failsafe_type, root)
 
     async def camera(self, camera_id: str) -> dict[str, Any]:
@@ -132,6 +155,10 @@ class AddressSpace:
             "LostVerdicts": ua.Variant(s.lost, ua.VariantType.UInt64),
             "ModelVersion": s.model_version or "",
             "Malformed": ua.Variant(s.malformed, ua.VariantType.UInt64),
+            "UnknownCameras": ua.Variant(s.unknown_cameras, ua.VariantType.UInt64),
+            "UnroutableRejects": ua.Variant(s.unroutable, ua.VariantType.UInt64),
+            "Unanswered": ua.Variant(s.unanswered, ua.VariantType.UInt64),
+            "BridgeTick": ua.Variant(s.ticks % (1 << 32), ua.VariantType.UInt32),
             **{f"Count{k}": ua.Variant(s.counts[k], ua.VariantType.UInt64) for k in VERDICT_CODES},
         }
         for name, value in values.items():
@@ -163,7 +190,17 @@ class AddressSpace:
 
         while not self.events.empty():
             kind, item = self.events.get_nowait()
-            if kind == "reject":
+            if kind == "verdict":
+                v, n = item
+                ev = self.verdict_gen.event
+                ev.CameraId, ev.Verdict = v.camera_id, v.verdict
+                ev.FrameId = "" if v.frame_id is None else str(v.frame_id)
+                ev.Encoder = ua.Variant(v.encoder if v.encoder is not None else 0, ua.VariantType.Int64)
+                ev.Seq = ua.Variant(v.seq, ua.VariantType.UInt64)
+                ev.CameraSeq = ua.Variant(n, ua.VariantType.UInt64)
+                ev.Severity = 100 if v.verdict == "PASS" else 500
+                await self.verdict_gen.trigger(message=f"{v.verdict} {v.camera_id} frame {v.frame_id}")
+            elif kind == "reject":
                 r: Reject = item
                 ev = self.reject_gen.event
                 ev.CameraId, ev.Verdict, ev.Reason = r.camera_id, r.verdict, r.reason or ""
@@ -171,6 +208,7 @@ class AddressSpace:
                 ev.Encoder = ua.Variant(r.encoder if r.encoder is not None else 0, ua.VariantType.Int64)
                 ev.Score = r.score if r.score is not None else -1.0
                 ev.Seq = ua.Variant(r.seq, ua.VariantType.UInt64)
+                ev.CameraSeq = ua.Variant(r.camera_seq, ua.VariantType.UInt64)
                 ev.Severity = 500
                 await self.reject_gen.trigger(message=f"{r.verdict} {r.camera_id} frame {r.frame_id}")
             else:
@@ -195,10 +233,12 @@ async def serve(
     key: Path | None = None,
     zmq_options: Any = None,
     stop: asyncio.Event | None = None,
+    fifo_depth: int = 64,
+    ring_depth: int | None = None,
 ) -> None:
     from asyncua import Server, ua
 
-    from inspector.bridges.run import Subscription
+    from inspector.bridges.run import Subscription, watch
 
     if (cert is None) != (key is None):
         raise SystemExit("inspector bridge opcua: give both --cert and --key, or neither")
@@ -207,7 +247,13 @@ async def serve(
             f"inspector bridge opcua: refusing anonymous, unencrypted OPC UA on {url}: bind to loopback "
             "or give --cert and --key (Basic256Sha256)"
         )
-    state = BridgeState(cameras, max_cameras=len(cameras) or max_cameras, heartbeat_misses=misses)
+    state = BridgeState(
+        cameras,
+        max_cameras=len(cameras) or max_cameras,
+        heartbeat_misses=misses,
+        fifo_depth=fifo_depth,
+        ring_depth=ring_depth,
+    )
     server = Server()
     await server.init()
     server.set_endpoint(url)
@@ -228,6 +274,7 @@ async def serve(
             space.events_dropped += 1
 
     state.on_reject = lambda r: queue("reject", r)
+    state.on_each = lambda r, n: queue("verdict", (r, n))
 
     def failsafe(on: bool, why: str | None) -> None:
         log.warning("fail-safe", failsafe=on, reason=why, lost=state.lost)
@@ -237,15 +284,25 @@ async def serve(
     sub = Subscription(daemon, state, zmq_options)
     stop = stop or asyncio.Event()
     log.info("opcua bridge", daemon=daemon, endpoint=url, secure=cert is not None)
+
+    async def publish() -> None:
+        while not stop.is_set():
+            await space.emit()
+            await space.refresh()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+
     async with server:
-        task = asyncio.create_task(sub.run(stop))
+        tasks = [
+            asyncio.create_task(sub.run(stop), name="subscription"),
+            asyncio.create_task(publish(), name="address-space"),
+        ]
         try:
-            while not stop.is_set():
-                await space.emit()
-                await space.refresh()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.05)
+            await watch(tasks, stop, state, log)
+            await space.emit()  # the last fail-safe event, if any
+            await space.refresh()
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             sub.close()

@@ -33,28 +33,46 @@ class Subscription:
         self.state = state
 
     async def run(self, stop: asyncio.Event) -> None:
-        ticker = asyncio.create_task(self._tick(stop))
-        try:
-            while not stop.is_set():
-                if await self.sock.poll(20):
-                    for _ in range(1000):
-                        try:
-                            parts = await self.sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self.state.feed(parts, time.monotonic())
-                self.state.tick(time.monotonic())
-        finally:
-            ticker.cancel()
-
-    async def _tick(self, stop: asyncio.Event) -> None:
+        """Receive until ``stop``; the state's clock (and its ``ticks``) advances from this loop only, so
+        a hung loop shows as a frozen ``bridge_tick``. An exception here ends the task: the caller's
+        :func:`watch` then fails safe and exits."""
         while not stop.is_set():
+            if await self.sock.poll(20):
+                for i in range(1000):
+                    try:
+                        parts = await self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.state.feed(parts, time.monotonic())
+                    if i % 100 == 99:
+                        self.state.tick(time.monotonic())
             self.state.tick(time.monotonic())
-            await asyncio.sleep(0.02)
 
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
+
+
+async def watch(tasks: list[asyncio.Task[Any]], stop: asyncio.Event, state: BridgeState, log: Any) -> None:
+    """Wait for ``stop``; if any of the bridge's own tasks ends first (an exception, or returning while it
+    should run), fail safe (``bridge_fault``), give the PLC a moment to read it, and exit with status 1
+    so that systemd restarts the bridge. A bridge never keeps serving a frozen state."""
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if stopper in done:
+        return
+    stopper.cancel()
+    task = next(iter(done - {stopper}))
+    exc = task.exception() if not task.cancelled() else None
+    why = f"{type(exc).__name__}: {str(exc)[:200]}" if exc else "a bridge task ended"
+    state.failed(why)
+    log.error("bridge fault: failing safe and exiting for a restart", error=why, task=task.get_name())
+    await asyncio.sleep(1.0)  # the protocol server still answers: fail-safe 9 is visible before exit
+    raise BridgeFault(why)
+
+
+class BridgeFault(RuntimeError):
+    """The bridge cannot go on (one of its tasks died); ``run_until_signal`` exits with status 1."""
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Any]) -> int:
@@ -67,5 +85,8 @@ def run_until_signal(main: Callable[[asyncio.Event], Any]) -> int:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except BridgeFault:
+        return 1
     return 0

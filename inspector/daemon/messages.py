@@ -34,6 +34,7 @@ class FrameIds(msgspec.Struct, frozen=True):
     frame_id: str | int | None = None
     encoder: int | None = None
     ts_ns: int | None = None
+    cam_seq: int | None = None  # the camera's own frame counter, where it sends one
 
 
 class Job(msgspec.Struct, tag="job", frozen=True):
@@ -58,9 +59,9 @@ class Accepted(msgspec.Struct, tag="accepted", frozen=True):
 
 
 class Inspection(msgspec.Struct, frozen=True):
-    """What the pipeline found for one frame."""
+    """What the pipeline found for one frame (``defect_score`` None: the engines gave no finite score)."""
 
-    defect_score: float
+    defect_score: float | None
     threshold: float
     noise_type: str
     noise_confidence: float

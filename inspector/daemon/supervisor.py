@@ -38,7 +38,7 @@ from typing import Any
 import zmq
 
 from inspector import logs
-from inspector.config import ConfigError, Settings, load_settings
+from inspector.config import ConfigError, Settings, load_settings, restart_only_changes
 from inspector.daemon.messages import CONTROL, Reseed, Stop, WorkerDied
 from inspector.daemon.systemd import Notifier
 from inspector.daemon.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, now_ns, run_worker
@@ -230,7 +230,8 @@ class Supervisor:
             and bool(self.shared.ready.value)
             and bool(self.shared.ingest_ready.value)
             and all(p.is_alive() for r, p in self.procs.items() if r not in OPTIONAL)
-            and not self._hung(now)
+            # the optional archive worker is restarted when it hangs, but a slow disk never takes the line down
+            and not [r for r in self._hung(now) if r not in OPTIONAL]
         )
 
     def _hung(self, now: int) -> list[str]:
@@ -311,8 +312,9 @@ class Supervisor:
                     hang_timeout_s=self.settings.supervisor.hang_timeout_s,
                 )
                 self.m.hung.labels(role).inc()
-                self.shared.healthy.value = 0
-                self.m.ready.set(0)
+                if role not in OPTIONAL:
+                    self.shared.healthy.value = 0
+                    self.m.ready.set(0)
                 p.kill()
                 p.join(1)
         if self.restarting is not None:
@@ -349,6 +351,7 @@ class Supervisor:
             self.m.restarts.labels(role).inc()
             if role == "inference":
                 self.shared.ready.value = 0
+                self._abandon_reload("the inference worker restarted while loading it")
                 CONTROL.send(self.control, WorkerDied(role))
                 self._spawn("inference")
                 # Waited for in later turns of the loop (the watchdog keeps being fed meanwhile).
@@ -383,6 +386,12 @@ class Supervisor:
             new = _resolve_archive(load_settings(self.config_path, self.overrides))
             if new.archive.dir != self.settings.archive.dir:
                 raise ValueError("archive.dir changed: restart the daemon to move the archive")
+            changed = restart_only_changes(self.settings, new)
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} changed: these take effect only at a restart "
+                    "(systemctl restart inspector); the reload applies nothing"
+                )
             manifest = load_manifest(new.engines.path)
             if (manifest.frame_size, manifest.frame_size) != self.frame_size:
                 raise ValueError(
@@ -399,6 +408,16 @@ class Supervisor:
         self.shared.reload_gen.value += 1
         self.reload_pending = (int(self.shared.reload_gen.value), manifest.model_version)
         self.log.info("reload requested", engines=str(new.engines.path))
+
+    def _abandon_reload(self, why: str) -> None:
+        """A pending reload that can no longer complete: answered as failed, the running settings kept."""
+        if self.reload_pending is None:
+            return
+        self.reload_pending = None
+        self._write_settings(self.settings)  # the restarted worker loads what is running, not half a reload
+        self.m.reloads.labels("failed").inc()
+        self.log.error("reload abandoned; the previous configuration keeps serving", reason=why)
+        self.notifier.ready(f"reload abandoned ({why}); still serving {self.model_version}")
 
     def _check_reload(self) -> None:
         """Phase two: READY "reloaded" only once inference reports the swap; a failure is reported."""

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from inspector.bridges.modbus import CAMERA_BASE, ENTRY_BASE, ENTRY_WORDS
 from inspector.protocol import encode_frame
 from inspector.tools.listen import Listener
 
@@ -168,3 +170,109 @@ def assert_exactly_one(
 
 def kinds(verdicts: list[dict[str, Any]]) -> Counter[str]:
     return Counter(v["verdict"] for v in verdicts)
+
+
+# -- the PLC bridges as processes, and a PLC polling one -------------------------------------------
+
+VERDICT_NAMES = {1: "PASS", 2: "FAIL", 3: "ERROR", 4: "TIMEOUT", 5: "DROPPED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bridge:
+    def __init__(self, tmp: Path, kind: str, daemon: str, args: list[str]) -> None:
+        self.port = free_port()
+        listen = f"127.0.0.1:{self.port}" if kind == "modbus" else f"opc.tcp://127.0.0.1:{self.port}/li/"
+        self.url = listen
+        self.log_path = tmp / f"bridge-{kind}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        cmd = [
+            sys.executable,
+            "-m",
+            "inspector",
+            "bridge",
+            kind,
+            "--daemon",
+            daemon,
+            "--listen",
+            listen,
+            *args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return code
+
+
+class Plc:
+    """A PLC polling the Modbus map."""
+
+    def __init__(self, port: int) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self.c = ModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
+        end = time.monotonic() + 30
+        while not self.c.connect():
+            assert time.monotonic() < end, "the Modbus bridge did not come up"
+            time.sleep(0.1)
+        self.rejects: list[dict[str, Any]] = []
+        self.tail = 0
+
+    def read(self, address: int, count: int) -> list[int]:
+        r = self.c.read_holding_registers(address, count=count, device_id=1)
+        assert not r.isError(), r
+        return list(r.registers)
+
+    def status(self) -> dict[str, int]:
+        r = self.read(0, 24)
+        u32 = lambda i: r[i] << 16 | r[i + 1]  # noqa: E731
+        return {
+            "heartbeats": r[1], "ready": r[2], "failsafe": r[3], "reason": r[4], "last_seq": u32(5),
+            "lost": u32(7), "PASS": u32(9), "FAIL": u32(11), "ERROR": u32(13), "TIMEOUT": u32(15),
+            "DROPPED": u32(17), "alarm_bits": r[20], "depth": r[21], "malformed": r[22],
+        }  # fmt: skip
+
+    def poll_fifo(self, camera: int = 0) -> None:
+        """What docs/plc.md tells a PLC to do every scan: read head, read tail..head-1, write tail."""
+        base = CAMERA_BASE + camera * 1000
+        head, _tail, overflow = self.read(base, 3)
+        assert overflow == 0, "the PLC fell behind the FIFO"
+        depth = self.read(21, 1)[0]
+        while self.tail != head:
+            i = self.tail % depth
+            e = self.read(base + ENTRY_BASE + i * ENTRY_WORDS, ENTRY_WORDS)
+            self.rejects.append(
+                {
+                    "seq": e[0] << 16 | e[1],
+                    "frame_id": e[2] << 16 | e[3],
+                    "encoder": e[4] << 16 | e[5],
+                    "verdict": VERDICT_NAMES[e[6]],
+                    "score": e[7],
+                }
+            )
+            self.tail = (self.tail + 1) % 0x10000
+        w = self.c.write_register(base + 1, self.tail, device_id=1)
+        assert not w.isError(), w
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def wait_for(pred, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, f"{what} not within {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - t0

@@ -11,9 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,9 @@ import pytest
 import zmq
 
 from inspector import noise as nz
-from inspector.bridges.modbus import CAMERA_BASE, ENTRY_BASE, ENTRY_WORDS
+from inspector.bridges.modbus import CAMERA_BASE
 from inspector.tools.synthetic import ImpellerGenerator
-from tests.system.harness import Daemon
+from tests.system.harness import Bridge, Daemon, Plc, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 CODES = {1: "PASS", 2: "FAIL", 3: "ERROR", 4: "TIMEOUT", 5: "DROPPED"}
@@ -36,107 +33,6 @@ def pool() -> list[np.ndarray]:
     g = ImpellerGenerator(seed=11)
     rng = np.random.default_rng(2)
     return [nz.apply_random(g.sample(i).image, nz.NOISE_TYPES[i % 4], rng) for i in range(24)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Bridge:
-    def __init__(self, tmp: Path, kind: str, daemon: str, args: list[str]) -> None:
-        self.port = free_port()
-        listen = f"127.0.0.1:{self.port}" if kind == "modbus" else f"opc.tcp://127.0.0.1:{self.port}/li/"
-        self.url = listen
-        self.log_path = tmp / f"bridge-{kind}-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        cmd = [
-            sys.executable,
-            "-m",
-            "inspector",
-            "bridge",
-            kind,
-            "--daemon",
-            daemon,
-            "--listen",
-            listen,
-            *args,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.log.close()
-        return code
-
-
-class Plc:
-    """A PLC polling the Modbus map."""
-
-    def __init__(self, port: int) -> None:
-        from pymodbus.client import ModbusTcpClient
-
-        self.c = ModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
-        end = time.monotonic() + 30
-        while not self.c.connect():
-            assert time.monotonic() < end, "the Modbus bridge did not come up"
-            time.sleep(0.1)
-        self.rejects: list[dict[str, Any]] = []
-        self.tail = 0
-
-    def read(self, address: int, count: int) -> list[int]:
-        r = self.c.read_holding_registers(address, count=count, device_id=1)
-        assert not r.isError(), r
-        return list(r.registers)
-
-    def status(self) -> dict[str, int]:
-        r = self.read(0, 24)
-        u32 = lambda i: r[i] << 16 | r[i + 1]  # noqa: E731
-        return {
-            "heartbeats": r[1], "ready": r[2], "failsafe": r[3], "reason": r[4], "last_seq": u32(5),
-            "lost": u32(7), "PASS": u32(9), "FAIL": u32(11), "ERROR": u32(13), "TIMEOUT": u32(15),
-            "DROPPED": u32(17), "alarm_bits": r[20], "depth": r[21], "malformed": r[22],
-        }  # fmt: skip
-
-    def poll_fifo(self, camera: int = 0) -> None:
-        """What docs/plc.md tells a PLC to do every scan: read head, read tail..head-1, write tail."""
-        base = CAMERA_BASE + camera * 1000
-        head, _tail, overflow = self.read(base, 3)
-        assert overflow == 0, "the PLC fell behind the FIFO"
-        depth = self.read(21, 1)[0]
-        while self.tail != head:
-            i = self.tail % depth
-            e = self.read(base + ENTRY_BASE + i * ENTRY_WORDS, ENTRY_WORDS)
-            self.rejects.append(
-                {
-                    "seq": e[0] << 16 | e[1],
-                    "frame_id": e[2] << 16 | e[3],
-                    "encoder": e[4] << 16 | e[5],
-                    "verdict": CODES[e[6]],
-                    "score": e[7],
-                }
-            )
-            self.tail = (self.tail + 1) % 0x10000
-        w = self.c.write_register(base + 1, self.tail, device_id=1)
-        assert not w.isError(), w
-
-    def close(self) -> None:
-        self.c.close()
-
-
-def wait_for(pred, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        assert time.monotonic() - t0 < timeout, f"{what} not within {timeout} s"
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def test_modbus_every_reject_reaches_the_plc_and_counts_match(tmp_path: Path, tiny_engines: Path, pool):
@@ -264,10 +160,14 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
     d = Daemon(tmp_path, tiny_engines, health)
     b = Bridge(tmp_path, "opcua", d.publish, ["--camera", "cam0"])
     events: list[Any] = []
+    every: list[Any] = []  # VerdictEventType: every verdict, PASS included
 
     class Handler:
+        def __init__(self, into: list[Any]) -> None:
+            self.into = into
+
         def event_notification(self, ev: Any) -> None:
-            events.append(ev)
+            self.into.append(ev)
 
     async def run() -> dict[str, Any]:
         end = time.monotonic() + 30
@@ -285,8 +185,13 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
             etype = await client.nodes.root.get_child(
                 ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:RejectEventType"]
             )
-            sub = await client.create_subscription(20, Handler())
+            sub = await client.create_subscription(20, Handler(events))
             await sub.subscribe_events(root, etype)
+            vtype = await client.nodes.root.get_child(
+                ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:VerdictEventType"]
+            )
+            sub2 = await client.create_subscription(20, Handler(every))
+            await sub2.subscribe_events(root, vtype)
             failsafe = await root.get_child([f"{idx}:Daemon", f"{idx}:FailSafe"])
             end = time.monotonic() + 30
             while await failsafe.read_value():
@@ -298,8 +203,10 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
             await asyncio.to_thread(d.wait_verdicts, n, 60)
             rejects = sum(v["reject"] for v in d.verdicts)
             end = time.monotonic() + 20
-            while len(events) < rejects:
-                assert time.monotonic() < end, f"{len(events)} of {rejects} reject events"
+            while len(events) < rejects or len(every) < n:
+                assert time.monotonic() < end, (
+                    f"{len(events)} of {rejects} reject events, {len(every)} of {n}"
+                )
                 await asyncio.sleep(0.05)
             count = await root.get_child([f"{idx}:Cameras", f"{idx}:cam0", f"{idx}:RejectCount"])
             cam_health = await root.get_child([f"{idx}:Cameras", f"{idx}:cam0", f"{idx}:Health"])
@@ -329,6 +236,12 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
         published = {(str(v["frame_id"]), v["encoder"], v["verdict"]) for v in d.verdicts[:40] if v["reject"]}
         got = {(e.FrameId, e.Encoder, e.Verdict) for e in events}
         assert published <= got and len(events) >= len(published)
+        # every reject event carries the camera's reject count: consecutive, so a lost event would show
+        assert [e.CameraSeq for e in events][: len(published)] == list(range(1, len(published) + 1))
+        # the positive answer per part: one VerdictEventType per verdict, PASS included, numbered per camera
+        first = [(str(v["frame_id"]), v["verdict"]) for v in d.verdicts[:40]]
+        assert [(e.FrameId, e.Verdict) for e in every[:40]] == first
+        assert [e.CameraSeq for e in every[:40]] == list(range(1, 41))
         assert out["reject_count"] == len(published) and out["health_before"] == "ok"
         assert "mean brightness" in out["reason"], out
         hbs = [

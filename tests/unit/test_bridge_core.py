@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from inspector.bridges.core import BridgeState, Reject, RejectFifo, u32
+import pytest
+
+from inspector.bridges.core import BridgeState, Reject, RejectFifo, check_depth, u32
 
 
 def hb(last_seq: int, ready: bool = True, uptime: float = 10.0, interval: float = 1.0) -> list[bytes]:
@@ -146,3 +148,138 @@ def test_docs_plc_register_tables_are_the_code_s():
         assert modbus.main() == 0, "docs/plc.md is stale: python -m inspector.bridges.modbus"
     finally:
         sys.argv = argv
+
+
+# -- issue #27: the fail-open paths ------------------------------------------------------------------
+
+
+def test_a_heartbeat_ahead_of_the_bridge_proves_lost_verdicts_and_fails_safe():
+    s = BridgeState(["cam0"])
+    s.feed(hb(0), 0.0)
+    s.feed(verdict(1), 0.1)
+    s.feed(hb(1), 0.2)
+    assert not s.failsafe
+    # verdicts 2 and 3 never arrive (a SUB at its high-water mark, say); the heartbeat says 3 were sent
+    s.feed(hb(3), 1.2)
+    assert s.failsafe and s.reason == "seq_gap" and s.lost == 2 and s.last_seq == 3
+    s.feed(verdict(4), 1.3)  # no double count for the same loss
+    assert s.lost == 2
+    s.feed(hb(4, uptime=11), 2.2)
+    assert not s.failsafe
+
+
+def test_a_reject_no_camera_can_take_fails_safe_and_is_counted():
+    for camera in ("cam9", None):
+        s = BridgeState(["cam0"])
+        s.feed(hb(0), 0.0)
+        s.feed(verdict(1, "PASS", camera=camera), 0.1)  # a PASS nobody maps passes nothing: no alarm
+        assert not s.failsafe and s.unknown_cameras == 1 and s.unroutable == 0
+        s.feed(verdict(2, "ERROR", camera=camera), 0.2)
+        assert s.failsafe and s.reason == "unroutable_reject" and s.unroutable == 1
+        s.feed(hb(2, uptime=11), 1.0)  # the next consistent heartbeat clears it
+        assert not s.failsafe
+    # past max_cameras (no --camera list): the first two are mapped, the third is not
+    s = BridgeState(max_cameras=2)
+    s.feed(hb(0), 0.0)
+    for i, cam in enumerate(("a", "b", "c"), 1):
+        s.feed(verdict(i, "FAIL", camera=cam), 0.1)
+    assert sorted(s.cameras) == ["a", "b"] and s.reason == "unroutable_reject" and s.unroutable == 1
+
+
+def test_fifo_overflow_fails_safe_until_the_plc_acknowledges_past_the_loss():
+    s = BridgeState(["cam0"], fifo_depth=4)
+    s.feed(hb(0), 0.0)
+    for i in range(1, 6):  # five rejects into four entries: the first is overwritten unread
+        s.feed(verdict(i, "FAIL"), 0.1)
+    f = s.cameras["cam0"].fifo
+    assert s.failsafe and s.reason == "fifo_overflow" and f.overflow == 1 and f.lost_until == 5
+    s.feed(hb(5, uptime=11), 1.0)
+    assert s.failsafe  # a heartbeat cannot clear it: the PLC has not caught up
+    assert f.ack(3)  # reading, but not yet past the loss
+    s.feed(hb(5, uptime=12), 2.0)
+    assert s.failsafe
+    assert f.ack(5) and f.lost_until is None
+    s.feed(hb(5, uptime=13), 3.0)
+    assert not s.failsafe
+
+
+def test_fifo_and_ring_indices_stay_right_after_the_16_bit_head_wraps():
+    """The PLC indexes by its u16 count modulo the depth: only a depth dividing 65536 keeps that right."""
+    f = RejectFifo(depth=64)
+    for n in range(65536 + 70):
+        f.push(Reject(n, "c", n, None, "FAIL", None, None))
+        f.ack(f.head % 0x10000)  # a PLC keeping up
+    for n in range(f.head - 64, f.head):
+        e = f.entries[(n % 0x10000) % 64]
+        assert e is not None and e.seq == n
+    for bad in (0, 3, 100, 128, -4):
+        with pytest.raises(ValueError, match="power of two"):
+            check_depth(bad)
+    with pytest.raises(ValueError):
+        BridgeState(["cam0"], fifo_depth=48)
+
+
+def test_the_verdict_ring_holds_pass_and_reject_alike_keyed_by_frame():
+    s = BridgeState(["cam0"], fifo_depth=4, ring_depth=8)
+    s.feed(hb(0), 0.0)
+    kinds = ["PASS", "FAIL", "PASS", "ERROR", "PASS"]
+    for i, k in enumerate(kinds, 1):
+        s.feed(verdict(i, k, frame_id=f"part-{i}"), 0.1)
+    ring = s.cameras["cam0"].ring
+    assert ring.count == 5
+    got = {e.frame_id: e.verdict for e in ring.entries if e is not None}
+    assert got == {f"part-{i}": k for i, k in enumerate(kinds, 1)}
+    assert [r.camera_seq for r in s.cameras["cam0"].fifo.entries if r is not None] == [1, 2]
+
+
+def test_malformed_messages_never_change_the_state_or_stop_the_feed():
+    s = BridgeState(["cam0"])
+    s.feed(hb(0), 0.0)
+    s.feed(verdict(1), 0.1)
+    before = (s.last_seq, s.failsafe, dict(s.counts), s.heartbeats)
+    bad_hb = {"type": "heartbeat", "interval_s": 1.0, "uptime_s": 10.0, "last_seq": 1, "ready": True}
+    for parts in (
+        [b"heartbeat", json.dumps({**bad_hb, "cameras": []}).encode()],
+        [b"heartbeat", json.dumps({**bad_hb, "ready": 1}).encode()],
+        [b"heartbeat", json.dumps({**bad_hb, "last_seq": 1.5}).encode()],
+        [b"heartbeat", json.dumps({**bad_hb, "interval_s": 0}).encode()],
+        [b"heartbeat", json.dumps({**bad_hb, "cameras": {"cam0": "alarm"}}).encode()],
+        [b"verdict", b'{"seq": Infinity, "verdict": "PASS"}'],
+        [b"verdict", b'{"seq": 2, "verdict": "PASS", "defect_score": NaN}'],
+        [b"verdict", json.dumps({"seq": True, "verdict": "PASS"}).encode()],
+        [b"verdict", json.dumps({"seq": 2, "verdict": "PASS", "camera_id": ["x"]}).encode()],
+        [b"verdict", json.dumps({"seq": 2, "verdict": ["PASS"]}).encode()],
+    ):
+        s.feed(parts, 0.2)
+    assert s.malformed == 10
+    assert (s.last_seq, s.failsafe, dict(s.counts), s.heartbeats) == before
+    s.feed(verdict(2), 0.3)  # and the feed goes on
+    assert s.last_seq == 2 and s.counts["PASS"] == 2
+
+
+def test_frames_the_daemon_has_not_answered_fail_safe():
+    s = BridgeState(["cam0"])
+    body = {"type": "heartbeat", "interval_s": 1.0, "uptime_s": 10.0, "last_seq": 0, "ready": True}
+    s.feed([b"heartbeat", json.dumps(body).encode()], 0.0)
+    assert not s.failsafe
+    s.feed([b"heartbeat", json.dumps({**body, "uptime_s": 11.0, "unanswered": 3}).encode()], 1.0)
+    assert s.failsafe and s.reason == "frames_unanswered" and s.unanswered == 3
+    s.feed([b"heartbeat", json.dumps({**body, "uptime_s": 12.0, "unanswered": 0}).encode()], 2.0)
+    assert not s.failsafe
+
+
+def test_ticks_come_from_the_loop_and_a_bridge_fault_never_clears():
+    changes = []
+    s = BridgeState(["cam0"], on_failsafe=lambda on, why: changes.append((on, why)))
+    assert s.ticks == 0
+    for k in range(10):
+        s.tick(k * 0.1 + 0.05)
+        s.tick(k * 0.1 + 0.07)  # the same 100 ms period: no second count
+    assert s.ticks == 10
+    s.feed(hb(0), 1.0)
+    assert not s.failsafe
+    s.failed("RuntimeError: boom")
+    assert s.failsafe and s.reason == "bridge_fault"
+    s.feed(hb(0, uptime=12), 2.0)
+    assert s.failsafe and s.reason == "bridge_fault"
+    assert changes[-1] == (True, "bridge_fault")

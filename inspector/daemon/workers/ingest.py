@@ -140,6 +140,9 @@ class IngestWorker(Worker):
             except zmq.Again:
                 break
             self.handle(parts)
+            # Liveness per message, not per drain: a drain of large frames (a 5 MP JPEG decodes in ~30 ms)
+            # must not look like a hung ingest to the watchdog.
+            self.shared.alive[0] = now_ns()
         self.m.ring_free.set(len(self.free_slots))
         return True
 
@@ -174,7 +177,7 @@ class IngestWorker(Worker):
             self._log_bad(exc)
             self._reject(ticket, FrameIds(**exc.header), t_recv, Verdict.ERROR, f"{exc.reason}: {exc.detail}")
             return
-        meta = FrameIds(header.camera_id, header.frame_id, header.encoder, header.ts_ns)
+        meta = FrameIds(header.camera_id, header.frame_id, header.encoder, header.ts_ns, header.cam_seq)
         b = self.settings.batching
         deadline = t_recv + int(b.deadline_ms * 1e6)
         age = self.settings.ingest.max_age_ms

@@ -13,6 +13,7 @@ out every ``heartbeat_interval_s`` so bridges can fail safe on silence.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections import OrderedDict
@@ -44,6 +45,16 @@ from inspector.protocol import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_VERDICT,
 
 ANSWERED_MEMORY = 1 << 18  # tickets remembered as answered, to drop stale duplicates
 LATENCY_KEYS = ("queue", "noise", "denoise", "defect", "total")
+MAX_CAM_SEQ_GAP = 10_000  # a larger jump in a camera's counter is a restarted camera, not lost frames
+CAMERAS_TRACKED = 4096  # cameras whose last cam_seq is remembered (least recently seen forgotten)
+LOST_SETTLE_S = 0.5  # after an ingest restart, what its predecessor sent has arrived by then
+LOST_FALLBACK_S = 30.0  # a ticket missing this long is answered whatever the reason
+UNANSWERED_AFTER_S = 1.0  # a ticket missing this long counts in the heartbeat's `unanswered`
+
+
+def finite(x: float | None) -> float | None:
+    """``x`` where it is a finite number, else None (NaN and infinities are not JSON, and never a score)."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 class SlotLedger:
@@ -117,6 +128,15 @@ class PublisherWorker(Worker):
         # Outcomes that overtook their Accepted note (two senders into one socket are not ordered).
         self.early: dict[int, tuple[Outcome, float]] = {}
         self.answered: OrderedDict[int, None] = OrderedDict()
+        # Tickets ingest issued that this publisher has heard nothing of (ticket -> when noticed): a frame
+        # whose ingest died between taking it and announcing it. Answered ERROR once that ingest is gone.
+        self.ticket_base = self.ticket_top = int(self.shared.next_ticket.value)
+        self.missing: dict[int, float] = {}
+        self.reseeded_at: float | None = None
+        self.frames_answered = 0
+        # Each camera's last cam_seq (its own frame counter), to answer frames it sent that never arrived.
+        self.cam_seqs: OrderedDict[str, int] = OrderedDict()
+        self.synthetic = 0  # tickets (negative) of verdicts for frames the daemon never received
         self.seq = 0
         self.duplicates = 0
         self.started = time.monotonic()
@@ -171,6 +191,9 @@ class PublisherWorker(Worker):
         return True
 
     def handle(self, msg: Accepted | Outcome) -> None:
+        self._saw(msg.ticket)
+        if msg.ids is not None:  # from ingest, in the order frames arrived
+            self._cam_seq(msg.ids)
         if isinstance(msg, Accepted):
             if msg.ticket in self.answered:
                 return
@@ -191,6 +214,7 @@ class PublisherWorker(Worker):
         elif isinstance(msg, Reseed):
             # A new ingest worker: every slot not held by a pending frame is free, under the new generation.
             self.gen = msg.gen
+            self.reseeded_at = time.monotonic()
             free = self.ledger.reseed(self.gen, {t: (a.slot, a.gen) for t, a in self.pending.items()})
             self.backlog = [SeedSlots(self.gen, free)]
             self.flush_free()
@@ -223,6 +247,14 @@ class PublisherWorker(Worker):
             self.answered.popitem(last=False)
         verdict = Verdict(msg.verdict)
         reason = msg.reason
+        found = msg.inspection
+        if found is not None and (finite(found.defect_score) is None or finite(found.threshold) is None):
+            # An engine that returns NaN or an infinity did not inspect the frame: never a PASS (a NaN
+            # compares false with any threshold), and never a NaN on the wire.
+            self.m.input_errors.labels("non_finite_score").inc()
+            if verdict in (Verdict.PASS, Verdict.FAIL):
+                verdict = Verdict.ERROR
+                reason = f"non_finite_score: the defect classifier returned {found.defect_score!r} (threshold {found.threshold!r})"
         t_pub = now_ns()
         if verdict in (Verdict.PASS, Verdict.FAIL) and deadline is not None and t_pub > deadline:
             # The last hand on a verdict before it leaves: never a late PASS, whatever delayed it.
@@ -232,9 +264,8 @@ class PublisherWorker(Worker):
         if ids == FrameIds() and verdict is Verdict.PASS:
             verdict, reason = Verdict.ERROR, "frame identity lost (ingest died before announcing it)"
         total_ms = (t_pub - msg.t_recv) / 1e6
-        found = msg.inspection
         stages = found.latency_ms if found else {}
-        latency = {k: stages.get(k) for k in LATENCY_KEYS}
+        latency = {k: finite(stages.get(k)) for k in LATENCY_KEYS}
         latency["total"] = total_ms
         self.seq += 1
         body = {
@@ -246,13 +277,14 @@ class PublisherWorker(Worker):
             "frame_id": ids.frame_id,
             "encoder": ids.encoder,
             "ts_ns": ids.ts_ns,
+            "cam_seq": ids.cam_seq,
             "verdict": verdict.value,
             "reject": verdict.reject,
             "reason": reason,
-            "defect_score": found.defect_score if found else None,
-            "threshold": found.threshold if found else None,
+            "defect_score": finite(found.defect_score) if found else None,
+            "threshold": finite(found.threshold) if found else None,
             "noise_type": found.noise_type if found else None,
-            "noise_confidence": found.noise_confidence if found else None,
+            "noise_confidence": finite(found.noise_confidence) if found else None,
             "denoiser": found.denoiser if found else None,
             "latency_ms": latency,
             "model_version": found.model_version if found else self.model_version,
@@ -261,9 +293,11 @@ class PublisherWorker(Worker):
         parts = encode_message(TOPIC_VERDICT, body)
         self.pub.send_multipart(parts)
         self.m.verdicts.labels(verdict.value).inc()
+        if ticket >= self.ticket_base:
+            self.frames_answered += 1
         if self.archive is not None:
             self._archive(verdict, parts[1], slot, ticket)
-        if found is not None and ids.camera_id is not None:
+        if found is not None and ids.camera_id is not None and verdict is not Verdict.ERROR:
             self._health(ids.camera_id, found)
         self.m.e2e_ms.observe(total_ms)
         if slot is not None and self.ledger.release(slot, ticket, gen):
@@ -281,6 +315,84 @@ class PublisherWorker(Worker):
                 camera_id=body["camera_id"],
                 frame_id=body["frame_id"],
             )
+
+    def _saw(self, ticket: int) -> None:
+        """Ticket bookkeeping: every ticket ingest issues must reach this publisher, or be answered here."""
+        if ticket >= self.ticket_top:
+            now = time.monotonic()
+            for t in range(self.ticket_top, ticket):
+                self.missing[t] = now
+            self.ticket_top = ticket + 1
+        else:
+            self.missing.pop(ticket, None)
+
+    def _lost_tickets(self) -> None:
+        """Answer tickets whose frame ingest took in but never announced (it died in between).
+
+        Tickets issued since the last look are noted as missing; a missing one is answered ERROR once an
+        ingest restart has settled (its predecessor's last messages had time to arrive) after it was
+        noticed, or after ``LOST_FALLBACK_S`` whatever happened."""
+        issued = int(self.shared.next_ticket.value)
+        if issued > self.ticket_top:
+            now = time.monotonic()
+            for t in range(self.ticket_top, issued):
+                self.missing[t] = now
+            self.ticket_top = issued
+        if not self.missing:
+            return
+        now = time.monotonic()
+        settled = self.reseeded_at is not None and now - self.reseeded_at > LOST_SETTLE_S
+        lost = [
+            t
+            for t, seen in self.missing.items()
+            if now - seen > LOST_FALLBACK_S
+            or (settled and self.reseeded_at is not None and seen < self.reseeded_at)
+        ]
+        for t in lost:
+            self.missing.pop(t, None)
+            self.m.input_errors.labels("lost_in_ingest").inc()
+            self.publish(
+                Outcome(
+                    ticket=t,
+                    verdict=Verdict.ERROR.value,
+                    reason="lost_in_ingest: the ingest worker stopped after taking this frame in and "
+                    "before announcing it; the frame was not inspected",
+                    t_recv=now_ns(),
+                )
+            )
+        if lost:
+            self.log.error("frames lost inside ingest answered ERROR", frames=len(lost))
+
+    def _cam_seq(self, ids: FrameIds) -> None:
+        """A gap in a camera's ``cam_seq``: the frames in it never reached the daemon (lost in a socket
+        queue, a killed ingest, a network drop). Each gets a DROPPED verdict (``not_received``)."""
+        if ids.cam_seq is None or ids.camera_id is None:
+            return
+        cam, seq = ids.camera_id, ids.cam_seq
+        last = self.cam_seqs.pop(cam, None)
+        self.cam_seqs[cam] = seq
+        if len(self.cam_seqs) > CAMERAS_TRACKED:
+            self.cam_seqs.popitem(last=False)
+        if last is None or seq == last + 1:
+            return
+        if seq <= last or seq - last - 1 > MAX_CAM_SEQ_GAP:
+            self.log.warning("camera counter restarted", camera_id=cam, cam_seq=seq, previous=last)
+            return
+        self.m.drops.labels("not_received").inc(seq - last - 1)
+        t = now_ns()
+        for k in range(last + 1, seq):
+            self.synthetic -= 1
+            self.publish(
+                Outcome(
+                    ticket=self.synthetic,
+                    verdict=Verdict.DROPPED.value,
+                    reason=f"not_received: camera {cam!r} sent frame cam_seq {k}, which never reached the "
+                    f"daemon (next received: {seq})",
+                    t_recv=t,
+                    ids=FrameIds(camera_id=cam, cam_seq=k),
+                )
+            )
+        self.log.warning("frames never received", camera_id=cam, missing=seq - last - 1, before=seq)
 
     def _archive(self, verdict: Verdict, body: bytes, slot: int | None, ticket: int) -> None:
         """Hand the verdict (and its pixels, copied before the slot is freed) to the archive worker.
@@ -336,7 +448,9 @@ class PublisherWorker(Worker):
             self.backlog.pop(0)
 
     def sweep(self) -> None:
-        """TIMEOUT for pending frames past deadline + grace with no verdict from anyone."""
+        """TIMEOUT for pending frames past deadline + grace with no verdict from anyone; ERROR for frames
+        lost inside ingest."""
+        self._lost_tickets()
         t = now_ns()
         for a in [a for a in self.pending.values() if t > a.deadline + self.grace_ns]:
             self.m.timeouts.labels("publisher").inc()
@@ -354,6 +468,7 @@ class PublisherWorker(Worker):
             self.publish(outcome)
 
     def heartbeat(self) -> None:
+        now = time.monotonic()
         body = {
             "type": "heartbeat",
             "v": PROTOCOL_VERSION,
@@ -361,6 +476,11 @@ class PublisherWorker(Worker):
             "ts_ns": time.time_ns(),
             "last_seq": self.seq,
             "pending": len(self.pending),
+            # Frames ingest took in, frames answered, and frames missing past UNANSWERED_AFTER_S (a
+            # bridge fails safe while that is not 0).
+            "received": int(self.shared.next_ticket.value) - self.ticket_base,
+            "answered": self.frames_answered,
+            "unanswered": sum(1 for seen in self.missing.values() if now - seen > UNANSWERED_AFTER_S),
             # An orphan (the supervisor was killed) says so in its last heartbeat on the way out.
             "ready": bool(self.shared.healthy.value) and self.parent_alive(),
             "uptime_s": round(time.monotonic() - self.started, 3),

@@ -1,0 +1,334 @@
+"""Fail closed from camera to gate (issue #27): no part passes without a positive PASS for it.
+
+Real daemon processes, real Modbus bridges, and a PLC played by a pymodbus
+client that follows docs/plc.md's contract literally: a part passes only if the
+camera's verdict ring holds a PASS for its frame id, read while fail-safe was 0.
+Where a daemon cannot be made to send what is tested (a malformed message, a
+heartbeat ahead of the verdicts), a plain ZeroMQ PUB socket plays the daemon's
+publisher and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from inspector.bridges.core import u32
+from inspector.bridges.modbus import CAMERA_BASE, ENTRY_BASE, ENTRY_WORDS, RING_BASE
+from inspector.protocol import encode_frame
+from tests.system.harness import Bridge, Daemon, Plc, wait_for
+
+pytestmark = pytest.mark.slow
+CODES = {1: "PASS", 2: "FAIL", 3: "ERROR", 4: "TIMEOUT", 5: "DROPPED"}
+
+
+class ContractPlc:
+    """A PLC written from docs/plc.md ("The rule the PLC must follow"), one camera.
+
+    Every scan: read the status block; read the camera's verdict ring count and copy the entries
+    written since the last scan into a table keyed by frame id. A PASS counts only if it was read in
+    a scan where ``failsafe`` was 0. At the gate a part passes only if the table holds a PASS for
+    its frame id; anything else - a reject, no entry, an entry the PLC missed - rejects it.
+    """
+
+    def __init__(self, port: int, camera: int = 0) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self.c = ModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
+        end = time.monotonic() + 30
+        while not self.c.connect():
+            assert time.monotonic() < end, "the Modbus bridge did not come up"
+            time.sleep(0.1)
+        self.ring = RING_BASE + 1000 * camera
+        self.count = None  # ring entries copied so far
+        self.table: dict[int, str] = {}  # frame id (u32) -> verdict, as the PLC saw it
+        self.missed = 0
+        self.failsafe_seen: Counter[int] = Counter()  # failsafe_reason -> scans
+
+    def read(self, address: int, count: int) -> list[int]:
+        r = self.c.read_holding_registers(address, count=count, device_id=1)
+        assert not r.isError(), r
+        return list(r.registers)
+
+    def status(self) -> dict[str, int]:
+        r = self.read(0, 30)
+        u = lambda i: r[i] << 16 | r[i + 1]  # noqa: E731
+        return {
+            "map_version": r[0], "failsafe": r[3], "reason": r[4], "last_seq": u(5), "lost": u(7),
+            "malformed": r[22], "tick": r[23], "unknown": u(24), "unroutable": u(26), "ring_depth": r[28],
+        }  # fmt: skip
+
+    def scan(self) -> dict[str, int]:
+        st = self.status()
+        if st["failsafe"]:
+            self.failsafe_seen[st["reason"]] += 1
+        head = self.read(self.ring, 3)
+        count, depth = head[0] << 16 | head[1], head[2]
+        if self.count is None:
+            self.count = count  # what was there before this PLC started is not its parts
+        if count - self.count > depth:
+            self.missed += count - self.count - depth  # fell behind: those parts get no PASS
+            self.count = count - depth
+        while self.count < count:
+            i = self.count % depth
+            e = self.read(self.ring + ENTRY_BASE + i * ENTRY_WORDS, ENTRY_WORDS)
+            verdict = CODES[e[6]]
+            if verdict == "PASS" and st["failsafe"]:
+                verdict = "PASS-during-failsafe"  # not a positive PASS: the part is rejected
+            self.table[e[2] << 16 | e[3]] = verdict
+            self.count += 1
+        return st
+
+    def passes(self, frame_id: Any) -> bool:
+        return self.table.get(u32(frame_id)) == "PASS"
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def test_every_frame_sent_is_a_pass_or_a_reject_for_a_contract_plc_even_through_a_hung_ingest(
+    tmp_path: Path, tiny_engines: Path, pool
+):
+    """Frames lost in a hung ingest's socket queue become DROPPED (not_received) through the camera's
+    cam_seq; a reject of an unknown camera fails safe; the contract PLC passes only parts with a PASS."""
+    d = Daemon(tmp_path, tiny_engines, ["supervisor.hang_timeout_s=1.0"])
+    b = Bridge(tmp_path, "modbus", d.publish, ["--camera", "cam0", "--ring-depth", "64"])
+    plc = None
+    cam_seq = 0
+    sent: list[int] = []
+
+    def send(n: int) -> None:
+        nonlocal cam_seq
+        for _ in range(n):
+            fid = 1000 + cam_seq
+            d.send(encode_frame(pool[cam_seq % len(pool)], "cam0", fid, time.time_ns(), cam_seq=cam_seq))
+            sent.append(fid)
+            cam_seq += 1
+            if cam_seq % 5 == 0:
+                plc.scan()
+                time.sleep(0.03)
+
+    try:
+        d.wait_ready()
+        plc = ContractPlc(b.port)
+        wait_for(lambda: plc.scan()["failsafe"] == 0, 30, "the bridge to clear fail-safe")
+        assert plc.status()["map_version"] == 2
+        send(20)
+        d.wait_verdicts(20, 60)
+        ingest = d.worker_pids()["ingest"]
+        import os
+
+        os.kill(ingest, signal.SIGSTOP)  # hung: frames pile up in its socket queue
+        send(30)
+        wait_for(lambda: d.worker_pids().get("ingest") not in (None, ingest), 30, "the hung ingest replaced")
+        # An unknown camera's frame, rejected as bad input: no FIFO can take it, the bridge fails safe.
+        d.send([*encode_frame(pool[0], "camX", 1, time.time_ns())[:1], b"short payload"])
+        send(20)
+        wait_for(
+            lambda: len({v["cam_seq"] for v in d.verdicts if v["camera_id"] == "cam0"}) >= 70,
+            60,
+            "a verdict for every cam_seq",
+        )
+        wait_for(
+            lambda: plc.scan()["last_seq"] == d.verdicts[-1]["seq"], 20, "the bridge to see every verdict"
+        )
+        for _ in range(3):
+            plc.scan()
+        mine = [v for v in d.verdicts if v["camera_id"] == "cam0"]
+        per_seq = Counter(v["cam_seq"] for v in mine)
+        assert sorted(per_seq) == list(range(70)) and set(per_seq.values()) == {1}, per_seq
+        lost = [v for v in mine if v["reason"] and v["reason"].startswith("not_received")]
+        assert lost and all(v["verdict"] == "DROPPED" and v["reject"] for v in lost), Counter(
+            v["verdict"] for v in mine
+        )
+        assert all(20 <= v["cam_seq"] < 50 for v in lost)
+        print(f"\n{len(lost)} frames lost in the hung ingest's queue, answered DROPPED (not_received)")
+        by_id = {v["frame_id"]: v for v in mine if v["frame_id"] is not None}
+        for fid in sent:
+            v = by_id.get(fid)
+            if plc.passes(fid):
+                assert v is not None and v["verdict"] == "PASS", (fid, v)  # never a pass without a PASS
+        assert sum(plc.passes(f) for f in sent) > 0  # and the line does run: good parts pass
+        st = plc.status()
+        assert st["unknown"] == 1 and st["unroutable"] == 1
+        assert st["lost"] == 0 and plc.missed == 0
+    finally:
+        if plc:
+            plc.close()
+        assert b.stop() == 0
+        d.stop()
+
+
+def _nan_engines(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose defect classifier returns NaN logits (a real ONNX graph: x * NaN)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from inspector.manifest import sha256_file
+
+    shutil.copytree(src, dst)
+    path = dst / "defect.onnx"
+    m = onnx.load(str(path))
+    out = m.graph.output[0].name
+    for node in m.graph.node:
+        node.output[:] = [f"{o}_pre_nan" if o == out else o for o in node.output]
+    m.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_const"))
+    m.graph.node.append(helper.make_node("Mul", [f"{out}_pre_nan", "nan_const"], [out]))
+    onnx.save(m, str(path))
+    man = json.loads((dst / "manifest.json").read_text())
+    man["stages"]["defect"]["sha256"] = sha256_file(path)
+    man["model_version"] += "-nan"
+    (dst / "manifest.json").write_text(json.dumps(man))
+    return dst
+
+
+def test_a_non_finite_defect_score_is_an_error_never_a_pass(tmp_path: Path, tiny_engines: Path, pool):
+    engines = _nan_engines(tiny_engines, tmp_path / "nan-engines")
+    d = Daemon(tmp_path, engines)
+    try:
+        d.wait_ready()
+        for i in range(12):
+            d.send_frame(pool[i], i)
+        d.wait_verdicts(12, 60)
+        for v in d.verdicts:
+            assert v["verdict"] == "ERROR" and v["reject"], v
+            assert v["reason"].startswith("non_finite_score"), v["reason"]
+            assert v["defect_score"] is None
+    finally:
+        assert d.stop() == 0
+
+
+class FakePublisher:
+    """A plain ZeroMQ PUB socket playing the daemon's publisher: it sends what a daemon never would."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.endpoint = f"ipc://{tmp}/fake-{time.monotonic_ns()}.sock"
+        self.pub.bind(self.endpoint)
+        self.uptime = 1.0
+
+    def heartbeat(self, last_seq: int, **extra: Any) -> None:
+        self.uptime += 0.1
+        hb = {
+            "type": "heartbeat", "interval_s": 0.5, "uptime_s": self.uptime, "last_seq": last_seq,
+            "ready": True, **extra,
+        }  # fmt: skip
+        self.raw(b"heartbeat", json.dumps(hb).encode())
+
+    def verdict(self, seq: int, kind: str, camera: str | None = "cam0", frame_id: Any = None) -> None:
+        v = {
+            "type": "verdict", "seq": seq, "verdict": kind, "reject": kind != "PASS", "camera_id": camera,
+            "frame_id": seq if frame_id is None else frame_id, "encoder": 7, "defect_score": 0.9,
+        }  # fmt: skip
+        self.raw(b"verdict", json.dumps(v).encode())
+
+    def raw(self, topic: bytes, body: bytes) -> None:
+        self.pub.send_multipart([topic, body])
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.ctx.term()
+
+
+def test_the_bridge_fails_safe_on_lost_verdicts_overflow_and_malformed_input_and_keeps_its_loop(
+    tmp_path: Path,
+):
+    fake = FakePublisher(tmp_path)
+    b = Bridge(tmp_path, "modbus", fake.endpoint, ["--camera", "cam0", "--fifo-depth", "4"])
+    plc = Plc(b.port)
+    try:
+        wait_for(lambda: (fake.heartbeat(0), plc.status()["failsafe"] == 0)[1], 10, "fail-safe to clear")
+        # 1. malformed messages that used to end the subscription: counted, the loop goes on
+        fake.raw(
+            b"heartbeat",
+            json.dumps(
+                {"interval_s": 0.5, "uptime_s": 9.0, "last_seq": 0, "ready": True, "cameras": []}
+            ).encode(),
+        )
+        fake.raw(b"verdict", b'{"seq": Infinity, "verdict": "PASS", "camera_id": "cam0"}')
+        fake.raw(b"verdict", b'{"seq": 1, "verdict": "PASS", "camera_id": "cam0", "defect_score": NaN}')
+        wait_for(lambda: plc.status()["malformed"] == 3, 10, "the malformed count")
+        t0 = plc.read(23, 1)[0]
+        time.sleep(0.35)
+        assert plc.read(23, 1)[0] != t0, "bridge_tick frozen"
+        fake.verdict(1, "PASS")
+        fake.heartbeat(1)
+        wait_for(
+            lambda: plc.status()["last_seq"] == 1 and plc.status()["failsafe"] == 0, 10, "the feed to go on"
+        )
+        # 2. a heartbeat ahead of the verdicts proves lost verdicts: fail safe 4, counted
+        fake.heartbeat(4)
+        wait_for(lambda: plc.status()["failsafe"] == 1, 10, "fail-safe on a heartbeat ahead")
+        assert plc.status()["reason"] == 4 and plc.status()["lost"] == 3
+        fake.heartbeat(4)
+        wait_for(lambda: plc.status()["failsafe"] == 0, 10, "fail-safe to clear")
+        # 3. FIFO overflow: fail safe 7 until the PLC writes a tail past the loss
+        for seq in range(5, 11):  # six rejects into four entries
+            fake.verdict(seq, "FAIL")
+        wait_for(lambda: plc.status()["failsafe"] == 1, 10, "fail-safe on overflow")
+        assert plc.status()["reason"] == 7
+        head, _tail, overflow = plc.read(CAMERA_BASE, 3)
+        assert (head, overflow) == (6, 2)
+        for _ in range(3):
+            fake.heartbeat(10)
+            time.sleep(0.1)
+        assert plc.status()["failsafe"] == 1  # heartbeats cannot clear it
+        assert not plc.c.write_register(CAMERA_BASE + 1, head, device_id=1).isError()
+        fake.heartbeat(10)
+        wait_for(lambda: plc.status()["failsafe"] == 0, 10, "fail-safe to clear once acknowledged")
+        # 4. a reject for no mapped camera: fail safe 6
+        fake.verdict(11, "ERROR", camera=None)
+        wait_for(lambda: plc.status()["failsafe"] == 1, 10, "fail-safe on an unroutable reject")
+        assert plc.status()["reason"] == 6
+        assert b.proc.poll() is None
+    finally:
+        plc.close()
+        assert b.stop() == 0
+        fake.close()
+
+
+def test_a_bridge_that_cannot_serve_exits_for_a_restart_and_bad_depths_are_usage_errors(tmp_path: Path):
+    import subprocess
+    import sys
+
+    # a FIFO depth a 16-bit counter cannot index: a clear usage error, not a traceback
+    r = subprocess.run(
+        [sys.executable, "-m", "inspector", "bridge", "modbus", "--fifo-depth", "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "power of two" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # its Modbus port already taken: the server task dies, the bridge fails safe and exits 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fake = FakePublisher(tmp_path)
+        log = tmp_path / "bridge.log"
+        with open(log, "w") as out:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "inspector", "bridge", "modbus", "--daemon", fake.endpoint,
+                 "--listen", f"127.0.0.1:{port}", "--camera", "cam0"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                code = p.wait(30)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                fake.close()
+        text = log.read_text()
+        assert code == 1, text[-2000:]
+        assert "bridge fault" in text and "Traceback" not in text, text[-2000:]
