@@ -207,7 +207,9 @@ def recalibrate(args: argparse.Namespace, command: str) -> Manifest:
     profile = get_profile(manifest.profile, test_frames=args.test_frames)
     data = args.data if args.data is not None else manifest.data
     progress = not args.quiet
-    pipe = Pipeline.from_manifest(root)
+    # Scores only: the set's current thresholds play no part (and an INT8 set that kept float32's, which
+    # the daemon refuses to serve, is exactly what this command gives thresholds of its own).
+    pipe = Pipeline.from_manifest(root, threshold=manifest.threshold)
     cal, labels, _, _ = calibrate_set(
         pipe, data, profile, manifest.seed, args.escape_rate, root / "figures", progress
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,7 +138,61 @@ def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+def borrowed_thresholds(manifest: Manifest) -> str | None:
+    """Where an INT8 set's thresholds came from when they are not its own, else None.
+
+    ``inspector rebuild --int8-out`` (and ``inspector-build quantize``) calibrate the INT8 set's
+    thresholds on its own scores where the set's labelled data is; without it the set keeps the
+    float32 set's and ``calibration.int8`` says so (``thresholds_calibrated: false``, and
+    ``thresholds_from``). Those are the wrong operating point: INT8 scores sit lower (on the
+    shipped photograph set the float32 thresholds are 3.1-4.6x the INT8 set's own), so such a set
+    passes defective parts. An INT8 set whose ``calibration.int8`` records no thresholds of its own
+    counts as borrowing too; ``inspector-build calibrate`` replaces the whole calibration block, so
+    a set recalibrated there is its own. Float32 sets always are.
+    """
+    if not manifest.precision.startswith("int8"):
+        return None
+    int8 = manifest.calibration.get("int8")
+    if not isinstance(int8, dict):
+        return None
+    own = int8.get("thresholds_calibrated")
+    if own is None:  # sets written before the flag: calibrated ones record their thresholds
+        own = "thresholds_from" not in int8 and ("threshold" in int8 or "thresholds" in int8)
+    if own is True:
+        return None
+    return str(int8.get("thresholds_from") or "the float32 set's, never calibrated on INT8 scores")
+
+
+def check_own_thresholds(root: str | Path, manifest: Manifest) -> None:
+    """Refuse (ManifestError, saying how to fix it) to serve a set at thresholds it did not calibrate."""
+    source = borrowed_thresholds(manifest)
+    if source is None:
+        return
+    raise ManifestError(
+        f"{str(root)!r} is an INT8 engine set that kept the float32 set's thresholds ({source}). INT8 scores "
+        "sit lower than float32's, so at those thresholds it would pass defective parts: refused. Give it "
+        "thresholds of its own, calibrated on labelled frames: `inspector rebuild --engines <float32 set> "
+        f"--int8-out {root} --calib-data auto` on a host that has the set's data ({manifest.data!r}), or "
+        f"`inspector-build calibrate --engines {root} --data <labelled frames>`; or serve it at one explicit "
+        "threshold: engines.threshold in the configuration (INSPECTOR_ENGINES__THRESHOLD), which replaces "
+        "every threshold of the set"
+    )
+
+
 def write_manifest(root: str | Path, manifest: Manifest) -> Path:
+    """Write ``root/manifest.json`` whole or not at all: a temp file beside it, fsynced, then renamed over it
+    (a reader never sees a half-written manifest; the file's mode follows the umask as before)."""
     path = Path(root) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n")
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -10,6 +10,7 @@ build step's evaluation both run this code, so what is measured is what is serve
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from inspector.backends import Engine, open_engine
 from inspector.denoise import AUTOENCODER, CLASSICAL_FILTERS, route_frames, routes
-from inspector.manifest import Manifest, load_manifest
+from inspector.manifest import Manifest, ManifestError, check_own_thresholds, load_manifest
 from inspector.noise import NOISE_TYPES
 
 
@@ -49,6 +50,19 @@ def check_frames(frames: np.ndarray) -> None:
     """The pipeline's input contract: a (N, H, W) uint8 batch."""
     if frames.ndim != 3 or frames.dtype != np.uint8:
         raise ValueError(f"pipeline takes (N, H, W) uint8 frames, got {frames.dtype} {frames.shape}")
+
+
+def _set_identity(root: Path) -> tuple[tuple[int, int] | None, ...]:
+    """The set folder's and its plans folder's (device, inode): a rename over either changes it."""
+    out: list[tuple[int, int] | None] = []
+    for path in (root, root / "tensorrt"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_dev, st.st_ino))
+    return tuple(out)
 
 
 class Pipeline:
@@ -82,13 +96,41 @@ class Pipeline:
         verify: bool = True,
         **engine_options: Any,
     ) -> Pipeline:
-        """The engine set at ``root``; ``threshold`` overrides its calibrated threshold(s) with one."""
+        """The engine set at ``root``; ``threshold`` overrides its calibrated threshold(s) with one.
+
+        An INT8 set that kept the float32 set's thresholds (quantized where its labelled data was not)
+        is refused unless ``threshold`` is given (:func:`inspector.manifest.check_own_thresholds`).
+        ``inspector rebuild`` swaps a set (or its ``tensorrt/`` plans) in by renaming a complete folder
+        over the live one; a load that straddled such a swap is done again on the new set, so the
+        manifest and the files it loads are always one set's.
+        """
         root = Path(root)
-        manifest = load_manifest(root, verify=verify)
-        engines = {
-            s: open_engine(backend, manifest.stage_path(root, s), s, **engine_options)
-            for s in manifest.stages
-        }
+        for attempt in range(3):
+            before = _set_identity(root)
+            try:
+                manifest = load_manifest(root, verify=verify)
+                if threshold is None:
+                    check_own_thresholds(root, manifest)
+                engines: dict[str, Engine] = {}
+                try:
+                    for s in manifest.stages:
+                        engines[s] = open_engine(backend, manifest.stage_path(root, s), s, **engine_options)
+                except BaseException:
+                    for e in engines.values():
+                        e.close()
+                    raise
+            except Exception:
+                if attempt < 2 and _set_identity(root) != before:
+                    continue  # swapped while it was read: read the new set
+                raise
+            if _set_identity(root) == before:
+                break
+            for e in engines.values():
+                e.close()
+        else:
+            raise ManifestError(
+                f"the engine set {str(root)!r} kept being replaced while it was loaded: load it again"
+            )
         return cls(
             engines,
             manifest.threshold if threshold is None else threshold,

@@ -42,7 +42,7 @@ from inspector.config import ConfigError, Settings, load_settings, restart_only_
 from inspector.daemon.messages import CONTROL, Reseed, Stop, WorkerDied
 from inspector.daemon.systemd import Notifier
 from inspector.daemon.workers.base import STOP_INDEX, Shared, WorkerSpec, endpoint, now_ns, run_worker
-from inspector.manifest import load_manifest
+from inspector.manifest import check_own_thresholds, load_manifest
 
 WORKERS = {
     "publisher": "inspector.daemon.workers.publisher:PublisherWorker",
@@ -93,6 +93,8 @@ class Supervisor:
         self._pending_settings = s
         try:
             manifest = load_manifest(s.engines.path)
+            if s.engines.threshold is None:
+                check_own_thresholds(s.engines.path, manifest)  # an INT8 set at borrowed thresholds
         except ValueError as exc:
             raise DaemonError(str(exc)) from exc
         self.model_version = manifest.model_version
@@ -393,6 +395,8 @@ class Supervisor:
                     "(systemctl restart inspector); the reload applies nothing"
                 )
             manifest = load_manifest(new.engines.path)
+            if new.engines.threshold is None:
+                check_own_thresholds(new.engines.path, manifest)
             if (manifest.frame_size, manifest.frame_size) != self.frame_size:
                 raise ValueError(
                     f"{new.engines.path} works on {manifest.frame_size}x{manifest.frame_size} frames, "

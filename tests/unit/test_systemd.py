@@ -80,3 +80,51 @@ def test_verify_check_catches_a_typo(tmp_path):
     res = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True)
     assert res.returncode == 0  # verify does not fail on unknown keys...
     assert "Unknown key" in res.stderr  # ...which is why the test above fails on any output
+
+
+def _service(unit: str) -> dict[str, list[str]]:
+    """A unit file's [Service] settings, each key's values in order (a key may repeat)."""
+    out: dict[str, list[str]] = {}
+    section = None
+    for raw in (REPO / "systemd" / unit).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def _user(unit: str, service: dict[str, list[str]]) -> tuple[str, str, bool]:
+    """(user, group, dynamic) a unit runs as: a DynamicUser without User= is named after its unit."""
+    dynamic = service.get("DynamicUser", ["no"])[-1] in ("yes", "true", "1", "on")
+    default = unit.split("@")[0].removesuffix(".service") if dynamic else "root"
+    user = service.get("User", [default])[-1]
+    return user, service.get("Group", [user])[-1], dynamic
+
+
+def test_rebuild_unit_runs_as_the_daemons_user():
+    """Another user on the daemon's StateDirectory makes systemd re-own the whole state folder (engines and
+    archive) under the running daemon, and leaves the sets it writes owned by someone else."""
+    daemon, rebuild = _service("inspector.service"), _service("inspector-rebuild.service")
+    assert _user("inspector-rebuild.service", rebuild) == _user("inspector.service", daemon)
+    # Named explicitly: without User= a dynamic user would take this unit's own name.
+    assert rebuild["User"] == ["inspector"] and rebuild["Group"] == ["inspector"]
+    assert rebuild["StateDirectory"] == daemon["StateDirectory"]
+    # Its hardening stays.
+    for key, value in {
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictNamespaces": "yes",
+        "UMask": daemon["UMask"][-1],
+    }.items():
+        assert rebuild[key] == [value], key
+    # And it writes the sets it makes where the daemon reads them.
+    engines = daemon["Environment"][-1].partition("INSPECTOR_ENGINES__PATH=")[2]
+    assert f"--engines {engines} " in rebuild["ExecStart"][0]
