@@ -134,6 +134,8 @@ class PublisherWorker(Worker):
         self.missing: dict[int, float] = {}
         self.reseeded_at: float | None = None
         self.frames_answered = 0
+        self.kinds: dict[str, int] = {v.value: 0 for v in Verdict}  # verdicts published, for heartbeats
+        self.started_ns = time.time_ns()
         # Each camera's last cam_seq (its own frame counter), to answer frames it sent that never arrived.
         self.cam_seqs: OrderedDict[str, int] = OrderedDict()
         self.synthetic = 0  # tickets (negative) of verdicts for frames the daemon never received
@@ -293,6 +295,7 @@ class PublisherWorker(Worker):
         parts = encode_message(TOPIC_VERDICT, body)
         self.pub.send_multipart(parts)
         self.m.verdicts.labels(verdict.value).inc()
+        self.kinds[verdict.value] += 1
         if ticket >= self.ticket_base:
             self.frames_answered += 1
         if self.archive is not None:
@@ -481,6 +484,9 @@ class PublisherWorker(Worker):
             "received": int(self.shared.next_ticket.value) - self.ticket_base,
             "answered": self.frames_answered,
             "unanswered": sum(1 for seen in self.missing.values() if now - seen > UNANSWERED_AFTER_S),
+            # Verdicts by kind since this daemon started (started_ns, wall clock): totals for a shift view.
+            "verdicts": dict(self.kinds),
+            "started_ns": self.started_ns,
             # An orphan (the supervisor was killed) says so in its last heartbeat on the way out.
             "ready": bool(self.shared.healthy.value) and self.parent_alive(),
             "uptime_s": round(time.monotonic() - self.started, 3),
