@@ -50,8 +50,14 @@ class IngestConfig(_Section):
     clock_skew_ms: float = Field(
         default=250.0,
         ge=0,
-        description="with max_age_ms: camera-vs-host clock difference tolerated, either way; "
-        "a ts_ns further in the future is an ERROR (bad_timestamp)",
+        description="camera-vs-host clock difference tolerated, either way, where ts_ns is used (deadline_from "
+        "= capture, or max_age_ms); a ts_ns further in the future is an ERROR (bad_timestamp)",
+    )
+    deadline_from: Literal["capture", "receipt"] = Field(
+        default="capture",
+        description="capture: a frame's batching.deadline_ms counts from its camera ts_ns, so a frame that "
+        "waited in a socket queue or across an ingest restart gets no fresh deadline (needs camera and host "
+        "clocks in step within clock_skew_ms: PTP or NTP); receipt: from when ingest reads it (free clocks)",
     )
 
 

@@ -11,6 +11,7 @@ publisher and says so.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -126,8 +127,6 @@ def test_every_frame_sent_is_a_pass_or_a_reject_for_a_contract_plc_even_through_
         send(20)
         d.wait_verdicts(20, 60)
         ingest = d.worker_pids()["ingest"]
-        import os
-
         os.kill(ingest, signal.SIGSTOP)  # hung: frames pile up in its socket queue
         send(30)
         wait_for(lambda: d.worker_pids().get("ingest") not in (None, ingest), 30, "the hung ingest replaced")
@@ -332,3 +331,132 @@ def test_a_bridge_that_cannot_serve_exits_for_a_restart_and_bad_depths_are_usage
         text = log.read_text()
         assert code == 1, text[-2000:]
         assert "bridge fault" in text and "Traceback" not in text, text[-2000:]
+
+
+def _metric(d: Daemon, name: str) -> float:
+    import urllib.request
+
+    body = urllib.request.urlopen(d.metrics_url() + "/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_deadlines_count_from_capture_so_a_frame_that_waited_gets_no_fresh_one(
+    tmp_path: Path, tiny_engines: Path, pool
+):
+    sets = ["batching.deadline_ms=2000"]
+    for mode, expect in (("capture", "TIMEOUT"), ("receipt", None)):
+        d = Daemon(
+            tmp_path, tiny_engines, sets if mode == "capture" else [*sets, "ingest.deadline_from=receipt"]
+        )
+        try:
+            d.wait_ready()
+            d.send(encode_frame(pool[0], "cam0", "waited", time.time_ns() - 3_000_000_000))  # 3 s in queues
+            d.send(encode_frame(pool[0], "cam0", "fresh", time.time_ns()))
+            d.wait_verdicts(2, 60)
+            got = {v["frame_id"]: v for v in d.verdicts}
+            assert got["fresh"]["verdict"] in ("PASS", "FAIL")
+            if expect:
+                assert got["waited"]["verdict"] == "TIMEOUT", got["waited"]
+                assert "deadline counted from capture" in got["waited"]["reason"]
+                assert 'deadline_from = "receipt"' in got["waited"]["reason"]  # says what to do
+            else:
+                assert got["waited"]["verdict"] in ("PASS", "FAIL")
+        finally:
+            assert d.stop() == 0
+
+
+def test_a_drain_of_large_frames_is_not_a_hang(tmp_path: Path, tiny_engines: Path, pool):
+    """5 MP JPEGs take tens of ms each to decode: a drain of many is seconds of honest work, which a
+    liveness stamp per drain (not per message) mistook for a hang and answered by killing ingest."""
+    import cv2
+
+    big = cv2.resize(pool[1], (2560, 1920), interpolation=cv2.INTER_CUBIC)
+    d = Daemon(tmp_path, tiny_engines, ["supervisor.hang_timeout_s=1.5", "ingest.rcvhwm=1000"])
+    try:
+        d.wait_ready()
+        ingest = d.worker_pids()["ingest"]
+        header, jpeg = encode_frame(big, "cam0", 0, time.time_ns(), "jpeg")
+        t0 = time.perf_counter()
+        cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+        one = time.perf_counter() - t0
+        n = min(250, max(60, int(4.0 / max(one, 0.005))))  # seconds of decoding, within one drain (256)
+        head = json.loads(header)
+        burst = []
+        for i in range(n):  # encoded up front: the burst reaches ingest's queue faster than it decodes
+            head.update(frame_id=i, ts_ns=time.time_ns())
+            burst.append([json.dumps(head).encode(), jpeg])
+        for parts in burst:
+            d.send(parts)
+        d.wait_verdicts(n, 180)
+        print(f"\n{n} JPEGs of 2560x1920 (~{one * 1e3:.0f} ms to decode one) drained")
+        assert d.worker_pids()["ingest"] == ingest
+        assert "worker stopped making progress" not in d.log_path.read_text()
+        assert len({v["frame_id"] for v in d.verdicts}) == n == len(d.verdicts)
+    finally:
+        assert d.stop() == 0
+
+
+def test_reload_refuses_restart_only_keys_and_the_archive_never_makes_the_line_not_ready(
+    tmp_path: Path, tiny_engines: Path, pool
+):
+    cfg = tmp_path / "inspector.toml"
+    cfg.write_text("[ring]\nslots = 128\n")
+    archive = tmp_path / "archive"
+    d = Daemon(
+        tmp_path,
+        tiny_engines,
+        [f"archive.dir={archive}", "supervisor.hang_timeout_s=1.0", "archive.pass_sample=1"],
+        config=cfg,
+    )
+    try:
+        d.wait_ready()
+        # 1. a reload that changes a restart-only key is refused whole, naming it
+        cfg.write_text("[ring]\nslots = 4096\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in d.log_path.read_text(), 30, "the reload refused")
+        assert "ring.slots changed" in d.log_path.read_text()
+        assert _metric(d, 'inspector_reloads_total{result="refused"}') == 1
+        # 2. a hung archive worker is killed and restarted, and the line stays ready all along
+        archiver = d.worker_pids()["archive"]
+        n_before = len(d.listener.heartbeats)
+        os.kill(archiver, signal.SIGSTOP)
+        for i in range(10):
+            d.send_frame(pool[i], i)
+            time.sleep(0.1)
+        wait_for(lambda: d.worker_pids().get("archive") not in (None, archiver), 30, "the archive restarted")
+        time.sleep(0.5)
+        after = d.listener.heartbeats[n_before:]
+        assert after and all(h["ready"] for h in after), [h["ready"] for h in after]
+        assert "worker stopped making progress" in d.log_path.read_text()
+        d.wait_verdicts(10, 60)
+        assert {v["verdict"] for v in d.verdicts} <= {"PASS", "FAIL"}
+        # 3. the inference worker dies while a reload is pending: the reload is answered (abandoned), and
+        # the restarted worker serves the running configuration, not half of the new one
+        other = tmp_path / "other-engines"
+        shutil.copytree(tiny_engines, other)
+        man = json.loads((other / "manifest.json").read_text())
+        first = man["model_version"]
+        man["model_version"] = "other-2"
+        (other / "manifest.json").write_text(json.dumps(man))
+        inference = d.worker_pids()["inference"]
+        os.kill(inference, signal.SIGSTOP)  # it cannot take the reload up
+        cfg.write_text(f'[ring]\nslots = 128\n[engines]\npath = "{other}"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload requested" in d.log_path.read_text(), 30, "the reload requested")
+        os.kill(inference, signal.SIGKILL)
+        wait_for(lambda: "reload abandoned" in d.log_path.read_text(), 30, "the pending reload answered")
+        d.wait_ready()
+        wait_for(lambda: d.listener.heartbeats[-1]["ready"], 60, "ready again")
+        assert _metric(d, 'inspector_reloads_total{result="failed"}') == 1
+        for i in range(5):
+            d.send_frame(pool[i], f"after-{i}")
+        wait_for(
+            lambda: sum(str(v["frame_id"]).startswith("after-") for v in d.verdicts) == 5, 60, "verdicts"
+        )
+        after = [v for v in d.verdicts if str(v["frame_id"]).startswith("after-")]
+        assert {v["model_version"] for v in after} == {first}, after
+    finally:
+        assert d.stop() == 0

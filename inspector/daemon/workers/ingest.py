@@ -180,9 +180,13 @@ class IngestWorker(Worker):
         meta = FrameIds(header.camera_id, header.frame_id, header.encoder, header.ts_ns, header.cam_seq)
         b = self.settings.batching
         deadline = t_recv + int(b.deadline_ms * 1e6)
-        age = self.settings.ingest.max_age_ms
+        ing = self.settings.ingest
+        # The age limit: max_age_ms where set, else the deadline itself counted from capture (the default).
+        age = ing.max_age_ms
+        if age is None and ing.deadline_from == "capture":
+            age = b.deadline_ms
         if age is not None:
-            skew_ns = int(self.settings.ingest.clock_skew_ms * 1e6)
+            skew_ns = int(ing.clock_skew_ms * 1e6)
             age_ns = wall - header.ts_ns
             if age_ns < -skew_ns:
                 self.m.input_errors.labels("bad_timestamp").inc()
@@ -192,18 +196,24 @@ class IngestWorker(Worker):
                     t_recv,
                     Verdict.ERROR,
                     f"bad_timestamp: ts_ns is {-age_ns / 1e6:.0f} ms in the future "
-                    f"(clock_skew_ms {self.settings.ingest.clock_skew_ms:g}); check the camera's clock",
+                    f"(clock_skew_ms {ing.clock_skew_ms:g}); check the camera's clock (PTP/NTP)",
                 )
                 return
             deadline = min(deadline, t_recv + int(age * 1e6) + skew_ns - age_ns)
             if deadline <= t_recv:
                 self.m.timeouts.labels("stale").inc()
+                limit = (
+                    f"over ingest.max_age_ms {age:g}"
+                    if ing.max_age_ms is not None
+                    else f"past the {age:g} ms deadline counted from capture (ts_ns); if the camera's clock "
+                    'is not in step with this host\'s (PTP/NTP), set ingest.deadline_from = "receipt"'
+                )
                 self._reject(
                     ticket,
                     meta,
                     t_recv,
                     Verdict.TIMEOUT,
-                    f"stale: captured {age_ns / 1e6:.0f} ms ago, over ingest.max_age_ms {age:g}",
+                    f"stale: captured {age_ns / 1e6:.0f} ms ago, {limit}",
                 )
                 return
         if img.shape != self.spec.frame_size:
