@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.archive.store import VERDICTS, Archive, Filters, parse_time
+from inspector.terminal import printable
 
 
 def add_parser(sub: Any, config_args: Any) -> None:
@@ -139,9 +140,12 @@ def _list(store: Archive, a: argparse.Namespace) -> int:
     for r in rows:
         score = f"{r['defect_score']:.3f}" if r["defect_score"] is not None else "-"
         thr = f"{r['threshold']:.3f}" if r["threshold"] is not None else "-"
+        # ids and reasons are a sender's text: control characters are printed as escapes
+        cam, frame = printable(r["camera_id"])[:10], printable(r["frame_id"])[:10]
         print(
-            f"{r['id']:>7}  {_when(r['published_ns']):23}  {str(r['camera_id'])[:10]:10} {str(r['frame_id'])[:10]:>10}  "
-            f"{r['verdict']:8} {score:>6} {thr:>6}  {r['noise_type'] or '-'!s:11} {r['reason'] or ''}"
+            f"{r['id']:>7}  {_when(r['published_ns']):23}  {cam:10} {frame:>10}  "
+            f"{printable(r['verdict']):8} {score:>6} {thr:>6}  {printable(r['noise_type'] or '-'):11} "
+            f"{printable(r['reason'] or '')}"
         )
     print(f"{len(rows)} shown of {store.count(dataclasses.replace(f, limit=None))} matching")
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 
 from inspector.protocol import ProtocolError, decode_message
+from inspector.terminal import printable
 
 
 class Listener:
@@ -123,12 +124,14 @@ def summarize(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_verdict(v: dict[str, Any]) -> str:
+    """One line per verdict; ids and reasons are the sender's text, printed with control characters escaped."""
     score = v.get("defect_score")
     s = f"{score:.3f}" if isinstance(score, float) else "-"
-    reason = f"  ({v['reason']})" if v.get("reason") else ""
+    reason = f"  ({printable(v['reason'])})" if v.get("reason") else ""
     return (
-        f"seq {v['seq']:>7}  {v.get('camera_id')!s:>8}/{v.get('frame_id')!s:<8} {v['verdict']:<7} score {s:<6} "
-        f"noise {v.get('noise_type') or '-':<11} {v['latency_ms']['total']:7.1f} ms{reason}"
+        f"seq {v['seq']:>7}  {printable(v.get('camera_id')):>8}/{printable(v.get('frame_id')):<8} "
+        f"{printable(v['verdict']):<7} score {s:<6} "
+        f"noise {printable(v.get('noise_type') or '-'):<11} {v['latency_ms']['total']:7.1f} ms{reason}"
     )
 
 
