@@ -215,9 +215,11 @@ class ArchiveConfig(_Section):
         default=1024.0, ge=0, description="stop writing (metric + log) while the disk has less free than this"
     )
     queue: int = Field(
-        default=64,
+        default=256,
         ge=1,
-        description="frames waiting for the archive worker; beyond it they are skipped and counted",
+        description="frames waiting for the archive worker (each side of its socket; ~180 KB each at 300x300 "
+        "with the denoised frame): a burst of rejects while inference holds the CPU waits here instead of "
+        "being skipped; beyond it they are skipped and counted",
     )
 
     def folder(self) -> Path | None:

@@ -58,7 +58,7 @@ class ArchiveWorker(Worker):
             self.next_prune = now + PRUNE_EVERY_S
         if not self.inbox.poll(50):
             return True
-        for _ in range(64):
+        for _ in range(256):  # what is queued, then the disk and retention checks again
             try:
                 item = ARCHIVE.recv(self.inbox, zmq.NOBLOCK)
             except zmq.Again:
