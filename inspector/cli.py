@@ -199,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
         _curve_args(b)
         if kind == "modbus":
             b.add_argument(
+                "--allow-from",
+                action="append",
+                type=_network,
+                default=[],
+                metavar="ADDRESS[/BITS]",
+                help="accept Modbus connections only from these addresses or networks (repeat; default: any): "
+                "the PLC, so no other host can read the map or acknowledge (write tail) its rejects",
+            )
+            b.add_argument(
                 "--gate-plc",
                 default=None,
                 metavar="HOST:PORT",
@@ -507,6 +516,17 @@ def _depth(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _network(text: str) -> str:
+    """argparse type for --allow-from: an address or CIDR network, checked now (a usage error, not a traceback)."""
+    from inspector.bridges.modbus import allow_list
+
+    try:
+        allow_list([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def cmd_bridge(args: argparse.Namespace) -> int:
     from inspector import logs
     from inspector.bridges.run import run_until_signal
@@ -538,6 +558,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 stop=stop,
                 gate=(args.gate_plc, args.gate_coil, args.gate_pulse_ms) if args.gate_plc else None,
                 ring_depth=args.ring_depth,
+                allow_from=args.allow_from,
             )
         )
     from inspector.bridges.opcua import serve as serve_opcua

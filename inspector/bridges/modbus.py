@@ -351,6 +351,58 @@ class GateWriter:
                 )
 
 
+def allow_list(nets: list[str]) -> list[Any]:
+    """``--allow-from`` values (addresses or CIDR networks) parsed; a bad one is a ValueError naming it."""
+    import ipaddress
+
+    out = []
+    for n in nets:
+        try:
+            out.append(ipaddress.ip_network(n, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"--allow-from {n!r} is not an IP address or network (e.g. 10.0.5.20, 10.0.5.0/24)"
+            ) from None
+    return out
+
+
+def guarded_server(device: Any, host: str, port: int, allow: list[Any], log: Any) -> Any:
+    """A pymodbus TCP server that closes connections from addresses outside ``allow`` (empty: any) at once,
+    before they can read or write a register: only the PLC may acknowledge (``tail``) its rejects."""
+    import ipaddress
+
+    from pymodbus.server import ModbusTcpServer
+
+    class Guarded(ModbusTcpServer):
+        refused = 0
+
+        def callback_new_connection(self) -> Any:
+            handler = super().callback_new_connection()
+            if not allow:
+                return handler
+            admit = handler.connection_made
+
+            def connection_made(transport: Any) -> None:
+                peer = transport.get_extra_info("peername") or ("?", 0)
+                try:
+                    ok = any(ipaddress.ip_address(peer[0]) in net for net in allow)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    Guarded.refused += 1
+                    if Guarded.refused % 100 == 1:
+                        log.warning("modbus connection refused: not in --allow-from", peer=str(peer[0]),
+                                    refused=Guarded.refused)  # fmt: skip
+                    transport.close()
+                    return
+                admit(transport)
+
+            handler.connection_made = connection_made
+            return handler
+
+    return Guarded(device, address=(host, port))
+
+
 async def serve(
     daemon: str,
     host: str,
@@ -364,14 +416,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     gate: tuple[str, int, float] | None = None,
     ring_depth: int | None = None,
+    allow_from: list[str] | None = None,
 ) -> None:
     """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``.
 
     ``gate``: (PLC host:port, coil address, pulse ms) to also fire a reject coil on the PLC. If any
     of the bridge's tasks dies, the map says fail-safe 9 (bridge fault) and the process exits 1.
     """
-    from pymodbus.server import ModbusTcpServer
-
     from inspector.bridges.run import Subscription, watch
 
     n = len(cameras) or max_cameras
@@ -382,7 +433,7 @@ async def serve(
         "fail-safe", failsafe=on, reason=why, lost=state.lost, unroutable=state.unroutable
     )
     regs = RegisterMap(state, n, depth)
-    server = ModbusTcpServer(regs.simdevice(), address=(host, port))
+    server = guarded_server(regs.simdevice(), host, port, allow_list(allow_from or []), log)
     sub = Subscription(daemon, state, zmq_options)
     stop = stop or asyncio.Event()
     log.info(
@@ -392,6 +443,7 @@ async def serve(
         cameras=cameras,
         fifo_depth=depth,
         ring_depth=state.ring_depth,
+        allow_from=allow_from or "any",
     )
     tasks = [
         asyncio.create_task(server.serve_forever(), name="modbus-server"),

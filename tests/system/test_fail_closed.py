@@ -460,3 +460,41 @@ def test_reload_refuses_restart_only_keys_and_the_archive_never_makes_the_line_n
         assert {v["model_version"] for v in after} == {first}, after
     finally:
         assert d.stop() == 0
+
+
+def test_only_the_allowed_plc_can_reach_the_map_and_write_tail(tmp_path: Path):
+    """``--allow-from``: a host outside the list cannot read the map or acknowledge a camera's rejects."""
+    import subprocess
+    import sys
+
+    from pymodbus.client import ModbusTcpClient
+
+    fake = FakePublisher(tmp_path)
+    outsider = Bridge(tmp_path, "modbus", fake.endpoint, ["--camera", "cam0", "--allow-from", "10.9.8.0/24"])
+    allowed = Bridge(tmp_path, "modbus", fake.endpoint, ["--camera", "cam0", "--allow-from", "127.0.0.1"])
+    try:
+        plc = Plc(allowed.port)  # loopback is on its list: served
+        assert plc.read(0, 1) == [2]
+        plc.close()
+        c = ModbusTcpClient("127.0.0.1", port=outsider.port, timeout=1, retries=0)
+        end = time.monotonic() + 20
+        refused = False
+        while time.monotonic() < end and not refused:
+            try:
+                if c.connect():
+                    r = c.write_register(CAMERA_BASE + 1, 0, device_id=1)
+                    refused = r.isError()
+            except Exception:  # closed at connect: pymodbus raises ConnectionException
+                refused = True
+            time.sleep(0.2)
+        c.close()
+        assert refused, "a host outside --allow-from reached the map"
+        assert "connection refused: not in --allow-from" in outsider.log_path.read_text()
+    finally:
+        assert outsider.stop() == 0 and allowed.stop() == 0
+        fake.close()
+    r = subprocess.run(
+        [sys.executable, "-m", "inspector", "bridge", "modbus", "--allow-from", "plc.example"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "not an IP address or network" in r.stderr, r.stderr
