@@ -198,15 +198,9 @@ def _aside_path(live: Path) -> Path:
 def _pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs; this one's own pid counts as gone (the sweep runs before it makes
     anything, so a folder with its pid was left by an earlier process that had the same pid)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from inspector.daemon.ring import pid_alive
+
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def _remove(path: Path) -> None:

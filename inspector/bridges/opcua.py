@@ -81,33 +81,26 @@ class AddressSpace:
         for name, value in initial.items():
             self.vars[name] = await daemon.add_variable(idx, name, value)
         self.cameras_node = await root.add_object(idx, "Cameras")
+        # fields both verdict events carry: the part, the verdict, the daemon's seq and the camera's own count
+        ids = [
+            ("CameraId", ua.VariantType.String),
+            ("FrameId", ua.VariantType.String),
+            ("Encoder", ua.VariantType.Int64),
+            ("Verdict", ua.VariantType.String),
+            ("Seq", ua.VariantType.UInt64),
+            ("CameraSeq", ua.VariantType.UInt64),
+        ]
         self.reject_type = await s.create_custom_event_type(
             idx,
             "RejectEventType",
             ua.ObjectIds.BaseEventType,
-            [
-                ("CameraId", ua.VariantType.String),
-                ("FrameId", ua.VariantType.String),
-                ("Encoder", ua.VariantType.Int64),
-                ("Verdict", ua.VariantType.String),
-                ("Score", ua.VariantType.Double),
-                ("Seq", ua.VariantType.UInt64),
-                ("Reason", ua.VariantType.String),
-                ("CameraSeq", ua.VariantType.UInt64),
-            ],
+            [*ids, ("Score", ua.VariantType.Double), ("Reason", ua.VariantType.String)],
         )
         self.verdict_type = await s.create_custom_event_type(
             idx,
             "VerdictEventType",
             ua.ObjectIds.BaseEventType,
-            [
-                ("CameraId", ua.VariantType.String),
-                ("FrameId", ua.VariantType.String),
-                ("Encoder", ua.VariantType.Int64),
-                ("Verdict", ua.VariantType.String),
-                ("Seq", ua.VariantType.UInt64),
-                ("CameraSeq", ua.VariantType.UInt64),
-            ],
+            ids,
         )
         self.failsafe_type = await s.create_custom_event_type(
             idx,

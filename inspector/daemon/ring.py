@@ -36,13 +36,14 @@ def sweep_dead(base: Path = Path("/dev/shm")) -> list[str]:
         parts = path.name.split("-")
         if len(parts) != 3 or not parts[1].isdigit():
             continue
-        if not _alive(int(parts[1])):
+        if not pid_alive(int(parts[1])):
             unlink_segment(path.name)
             removed.append(path.name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -159,12 +159,12 @@ class Supervisor:
 
     def _sweep(self, base_dir: Path) -> None:
         """Remove the ring segments and runtime folders of daemons that died without cleaning up."""
-        from inspector.daemon.ring import _alive, sweep_dead
+        from inspector.daemon.ring import pid_alive, sweep_dead
 
         removed = sweep_dead()
         for d in base_dir.glob("inspector-*-*"):
             pid = d.name.split("-")[1]
-            if d.is_dir() and pid.isdigit() and not _alive(int(pid)) and (d / "settings.json").exists():
+            if d.is_dir() and pid.isdigit() and not pid_alive(int(pid)) and (d / "settings.json").exists():
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(str(d))
         if removed:
