@@ -227,14 +227,17 @@ class IngestWorker(Worker):
             return
         if b.admission:
             expected = self._expected_finish_ns()
-            if expected is not None and t_recv + expected > t_recv + (deadline - t_recv) * b.admission_margin:
+            # From now, not from receipt: ingest's own time on this frame (decoding a large JPEG, resizing)
+            # is already spent, and the deadline counts from capture, so time queued before ingest is too.
+            spent = now_ns() - t_recv
+            if expected is not None and spent + expected > (deadline - t_recv) * b.admission_margin:
                 self._drop(
                     ticket,
                     meta,
                     t_recv,
                     "admission",
-                    f"{self._in_flight()} frames ahead would take {expected / 1e6:.0f} ms, "
-                    f"past the {(deadline - t_recv) / 1e6:.0f} ms deadline",
+                    f"{self._in_flight()} frames ahead would take {expected / 1e6:.0f} ms after "
+                    f"{spent / 1e6:.0f} ms in ingest, past the {(deadline - t_recv) / 1e6:.0f} ms left to the deadline",
                 )
                 return
         slot = self._slot = self.free_slots.pop()
