@@ -92,6 +92,12 @@ class Filters:
     until_ns: int | None = None
     model_version: str | None = None
     limit: int | None = None
+    # Paging and selections (the operator page): pin a listing to the entries stored up to ``max_id`` so
+    # its pages do not shift as rejects arrive; keep only ``ids`` (None: no such restriction), leave out
+    # ``exclude_ids`` (e.g. the entries marked, or not yet marked, in the page's review store).
+    max_id: int | None = None
+    ids: tuple[int, ...] | None = None
+    exclude_ids: tuple[int, ...] = ()
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -111,6 +117,16 @@ class Filters:
         if self.model_version is not None:
             clauses.append("model_version = ?")
             args.append(self.model_version)
+        if self.max_id is not None:
+            clauses.append("id <= ?")
+            args.append(self.max_id)
+        # One JSON parameter whatever the number of ids (SQLite caps bound parameters).
+        if self.ids is not None:
+            clauses.append("id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps([int(i) for i in self.ids]))
+        if self.exclude_ids:
+            clauses.append("id NOT IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps([int(i) for i in self.exclude_ids]))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -301,6 +317,28 @@ class Archive:
             args.append(int(f.limit))
         for row in self.db.execute(sql, args):
             yield dict(zip(COLUMNS, row, strict=True))
+
+    def page(self, f: Filters, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of entries matching ``f`` (newest first, ``limit`` from ``offset``) and how many match."""
+        where, args = f.where()
+        sql = f"SELECT {','.join(COLUMNS)} FROM entries{where} ORDER BY published_ns DESC, id DESC LIMIT ? OFFSET ?"
+        rows = self.db.execute(sql, [*args, int(limit), int(offset)]).fetchall()
+        return [dict(zip(COLUMNS, r, strict=True)) for r in rows], self.count(f)
+
+    def max_id(self) -> int:
+        """The newest row id (0 when empty): what a listing pins its pages to (``Filters.max_id``)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0])
+
+    def cameras(self, limit: int = 256) -> list[str]:
+        """Camera ids in the archive (at most ``limit``, by name), for a filter's choices."""
+        # A skip-scan over the camera index: one lookup per camera, not a pass over every row.
+        rows = self.db.execute(
+            "WITH RECURSIVE c(x) AS (SELECT MIN(camera_id) FROM entries UNION ALL"
+            " SELECT (SELECT MIN(camera_id) FROM entries WHERE camera_id > x) FROM c WHERE x IS NOT NULL)"
+            " SELECT x FROM c WHERE x IS NOT NULL LIMIT ?",
+            (int(limit),),
+        )
+        return [str(r[0]) for r in rows]
 
     @staticmethod
     def summary(e: dict[str, Any]) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""The operator page: a small HTTP server and the page's own assets (no CDN)."""
+"""The operator page: Starlette on uvicorn behind its own guard, and the page's own assets (no CDN)."""
