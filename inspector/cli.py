@@ -10,7 +10,7 @@
   inspector bridge modbus|opcua   PLC bridge: verdicts as Modbus registers / OPC UA nodes (docs/plc.md)
   inspector rebuild               verify an engine set, re-quantize INT8, build TensorRT plans (no torch)
   inspector archive ...           the reject archive: list, show (with --evidence), export, prune
-  inspector ui                    the operator page: live counts, rejects gallery, health (docs/operations.md)
+  inspector ui                    the operator page: shift totals, rejects, archive, review marks (docs/operator-page.md)
 
 Configuration comes from defaults < TOML (--config, else ./config/inspector.toml
 if present) < environment (INSPECTOR_SECTION__KEY=value) < --set section.key=value.
@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the inspection daemon in the foreground")
     _config_args(p)
+    p.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino", "tensorrt"),
+        default=None,
+        help="engine backend, as --set engines.backend=... (default: the configuration's; docs/backends.md)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "f32", "bf16", "int8"),
+        default=None,
+        help="openvino backend's precision, as --set engines.precision=... (int8: engines.path must be an "
+        "INT8 set)",
+    )
 
     p = sub.add_parser("check-config", help="validate the configuration; exit 1 listing every bad key")
     _config_args(p)
@@ -315,6 +328,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # As overrides ahead of --set (which keeps the last word), so a reload (SIGHUP) keeps them too.
+    flags = [f"engines.{k}={v}" for k in ("backend", "precision") if (v := getattr(args, k, None))]
+    args.overrides = flags + list(args.overrides)
     try:
         s = load_settings(args.config, args.overrides)
     except ConfigError as exc:
@@ -446,7 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"reject archive (every non-PASS frame, 1% of PASS): {tmp / 'archive'}\n"
         f"  inspector archive list --dir {tmp / 'archive'} --verdict FAIL\n"
-        f"  inspector ui --archive {tmp / 'archive'}   (the page again, counts start at zero)"
+        f"  inspector ui --archive {tmp / 'archive'}   (the page again: shift totals come from the daemon's counters)"
     )
     return 0 if code == 0 else 1
 

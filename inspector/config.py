@@ -117,10 +117,28 @@ class RingConfig(_Section):
 class EnginesConfig(_Section):
     path: Path = Field(default=Path("engines/default"), description="engine set folder (with manifest.json)")
     backend: str = Field(
-        default="onnxruntime", description="engine backend (see inspector.backends.BACKENDS)"
+        default="onnxruntime",
+        description="engine backend: onnxruntime, openvino (CPU: bf16 / int8 kernels) or tensorrt "
+        "(inspector.backends.BACKENDS; docs/backends.md)",
+    )
+    precision: Literal["auto", "f32", "bf16", "int8"] = Field(
+        default="auto",
+        description="openvino backend: f32, bf16 (falls back to f32 on a CPU without bf16), int8 (an INT8 "
+        "set's Q/DQ files: engines.path = an INT8 set) or auto (int8 for an INT8 set, else bf16 where the "
+        "CPU has it, else f32)",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="openvino backend: compiled-model cache, so a restart does not recompile; unset: "
+        "$CACHE_DIRECTORY/openvino under systemd, else ~/.cache/line-inspector/openvino",
+    )
+    static_shapes: bool = Field(
+        default=True,
+        description="openvino backend: also compile one static-shape model per batch size 1..batching.max_batch "
+        "(at most 8): the pipeline 3-7% faster on partial batches, at ~350 MB more memory; false: one dynamic model",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime threads per engine; 0 = one per core"
+        default=0, ge=0, description="ONNX Runtime / OpenVINO threads per engine; 0 = one per core"
     )
     threshold: float | None = Field(
         default=None,

@@ -114,7 +114,10 @@ class Pipeline:
                 engines: dict[str, Engine] = {}
                 try:
                     for s in manifest.stages:
-                        engines[s] = open_engine(backend, manifest.stage_path(root, s), s, **engine_options)
+                        options = dict(engine_options)
+                        if backend == "openvino":  # its static-shape models are compiled at the set's size
+                            options.setdefault("frame_size", tuple(manifest.stages[s].input.frame_size))
+                        engines[s] = open_engine(backend, manifest.stage_path(root, s), s, **options)
                 except BaseException:
                     for e in engines.values():
                         e.close()

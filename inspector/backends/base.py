@@ -32,6 +32,7 @@ class Engine(Protocol):
 BACKENDS: dict[str, str] = {
     "onnxruntime": "inspector.backends.onnxruntime:OnnxRuntimeEngine",
     "tensorrt": "inspector.backends.tensorrt:TensorRTEngine",
+    "openvino": "inspector.backends.openvino:OpenVinoEngine",
 }
 
 

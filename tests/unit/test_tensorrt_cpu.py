@@ -70,8 +70,8 @@ def test_without_the_gpu_extra_the_backend_says_what_to_install(tmp_path):
 
 
 def test_unknown_backend_lists_the_valid_ones(tmp_path):
-    with pytest.raises(EngineError, match="onnxruntime, tensorrt"):
-        open_engine("openvino", tmp_path / "x.onnx", "noise")
+    with pytest.raises(EngineError, match="onnxruntime, openvino, tensorrt"):
+        open_engine("nonesuch", tmp_path / "x.onnx", "noise")
 
 
 @pytest.mark.gpu

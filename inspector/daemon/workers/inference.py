@@ -41,9 +41,12 @@ from inspector.tools.synthetic import ImpellerGenerator
 def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
     """The engine set as a :class:`Pipeline`; on TensorRT, as one CUDA-stream schedule (``cuda_streams``)."""
     e = settings.engines
-    pipe = Pipeline.from_manifest(
-        e.path, backend=e.backend, threshold=e.threshold, intra_op_threads=e.intra_op_threads
-    )
+    options: dict[str, Any] = {"intra_op_threads": e.intra_op_threads}
+    if e.backend == "openvino":
+        # One static-shape model per batch size the batcher makes (1..max_batch, at most 8).
+        static = settings.batching.max_batch if e.static_shapes else 0
+        options.update(precision=e.precision, cache_dir=e.cache_dir, static_batches=static)
+    pipe = Pipeline.from_manifest(e.path, backend=e.backend, threshold=e.threshold, **options)
     if e.backend == "tensorrt" and e.cuda_streams:
         from inspector.backends.tensorrt import streamed_pipeline
 
