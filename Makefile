@@ -65,7 +65,7 @@ demo: $(STAMP) ## run the daemon on the shipped engines, stream the real test ph
 	else echo "make demo: no photographs at '$(DATA)': streaming generated impellers through engines/synthetic (the set trained on them)"; \
 	$(VENV)/bin/inspector demo --engines engines/synthetic; fi
 
-bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, and INT8 against float32 (JSON + table)
+bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, for ONNX Runtime and OpenVINO f32/bf16/int8 (JSON + README tables)
 	$(PY) bench/run.py --data $(if $(wildcard $(DATA)/test),$(DATA),synthetic)
 
 .PHONY: help venv install-runtime lint format browser test engines engines-synthetic demo bench

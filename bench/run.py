@@ -14,6 +14,11 @@ In one run, on one machine, with the same engines and the same frames:
 (d) INT8         - where the Q/DQ INT8 set sits beside the engines (``<engines>-int8``, or
                    ``--int8``): the tight loop again on it, run right after float32's on the same
                    frames, and each stage's ms per frame for both sets.
+(e) backends     - (a) and (c) for each backend and precision: ONNX Runtime float32 (the baseline
+                   above), OpenVINO f32, bf16 and int8 (the INT8 set's Q/DQ files), each daemon
+                   load a multiple of that backend's own tight loop; compute used (best goodput x
+                   network GFLOP per frame) against this machine's peak for the precision, measured
+                   in the same run with one large GEMM.
 
 Writes ``bench/results.json`` and prints a table. Not a test: nothing fails on speed.
 """
@@ -74,8 +79,10 @@ def frames_for(mix: str, n: int, data: Path | None, seed: int = 5) -> list[np.nd
     return out
 
 
-def tight_loop(engines: Path, frames: list[np.ndarray], batch: int, seconds: float) -> dict[str, float]:
-    pipe = Pipeline.from_manifest(engines)
+def tight_loop(
+    engines: Path, frames: list[np.ndarray], batch: int, seconds: float, **engine: Any
+) -> dict[str, float]:
+    pipe = Pipeline.from_manifest(engines, **engine)
     arr = np.stack(frames)
     pipe.run(arr[:batch])
     done, t0 = 0, time.perf_counter()
@@ -241,6 +248,137 @@ def daemon_run(
     }
 
 
+# The backends measured side by side: (label, engines.backend, engines.precision, which set). The INT8
+# precision runs the INT8 set's Q/DQ files; the others the float32 set.
+BACKEND_RUNS = [
+    ("ONNX Runtime f32", "onnxruntime", None, "float32"),
+    ("OpenVINO f32", "openvino", "f32", "float32"),
+    ("OpenVINO bf16", "openvino", "bf16", "float32"),
+    ("OpenVINO int8", "openvino", "int8", "int8"),
+]
+
+
+def peak_gflops(seconds: float = 2.0) -> dict[str, float]:
+    """The machine's measured peak per precision, now: one 2048^3 GEMM compiled by OpenVINO (f32, bf16; int8
+    through FakeQuantize on both operands, which OpenVINO runs as an int8 GEMM), best of a timed loop."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return {}
+    core = ov.Core()
+    n = 2048
+    rng = np.random.default_rng(0)
+    x = rng.random((n, n), dtype=np.float32)
+    out: dict[str, float] = {}
+    for prec in ("f32", "bf16", "int8"):
+        a = ops.parameter([n, n], ov.Type.f32, name="a")
+        w = ops.constant(rng.random((n, n), dtype=np.float32))
+        if prec == "int8":
+            lo, hi = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
+            a_in, w_in = ops.fake_quantize(a, lo, hi, lo, hi, 256), ops.fake_quantize(w, lo, hi, lo, hi, 255)
+            config: dict[str, Any] = {}
+        else:
+            a_in, w_in = a, w
+            config = {"INFERENCE_PRECISION_HINT": prec}
+        compiled = core.compile_model(ov.Model([ops.matmul(a_in, w_in, False, False)], [a]), "CPU", config)
+        req = compiled.create_infer_request()
+        req.infer({0: x})
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            req.infer({0: x})
+            best = min(best, time.perf_counter() - t0)
+        out[prec] = 2 * n**3 / best / 1e9
+    return out
+
+
+def gflop_per_frame(engines: Path, mix: str) -> float:
+    """Network GFLOP per frame of ``mix`` through the set's routes (noise + defect on every frame, the
+    autoencoder on the types routed to it; classical filters not counted), assuming each frame is typed
+    as its noise (the noise classifier is 100% on the test split)."""
+    from inspector.denoise import AUTOENCODER, routes
+
+    m = load_manifest(engines)
+    route = routes(m.salt_pepper_filter, m.periodic_filter)
+    g = {k: v.gflop_per_frame for k, v in m.stages.items()}
+    ae = sum(w for kind, w in nz.parse_mix(mix).items() if route.get(kind) == AUTOENCODER)
+    return g["noise"] + g["defect"] + ae * g.get("denoise", 0.0)
+
+
+def backend_runs(
+    fp32: Path,
+    int8: Path | None,
+    name: str,
+    mix: str,
+    frames: list[np.ndarray],
+    loads: list[float],
+    seconds: float,
+    sets: list[str],
+    max_batch: int,
+    peak: dict[str, float],
+    which_runs: list[tuple[str, str, str | None, str]],
+) -> dict[str, Any]:
+    """Every backend on one mix: a tight loop, then the daemon at each load (multiples of that backend's own
+    tight loop), with compute use against the measured peak of the precision it runs."""
+    out: dict[str, Any] = {}
+    for label, backend, precision, which in which_runs:
+        root = fp32 if which == "float32" else int8
+        if root is None:
+            continue
+        engine: dict[str, Any] = {"backend": backend} | ({"precision": precision} if precision else {})
+        bsets = [*sets, f"engines.backend={backend}"] + (
+            [f"engines.precision={precision}"] if precision else []
+        )
+        try:
+            print(f"[{name}] {label}: tight batched loop ...", flush=True)
+            tight = tight_loop(root, frames, max_batch, seconds, **engine)
+        except Exception as exc:  # a backend this machine cannot run: said in the results, not a crash
+            out[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            print(f"[{name}] {label}: not measured: {exc}", flush=True)
+            continue
+        runs = []
+        for frac in loads:
+            rate = max(tight["fps"] * frac, 1.0)
+            print(
+                f"[{name}] {label}: daemon at {rate:.0f} frames/s ({frac:g} x its tight loop) ...", flush=True
+            )
+            r = daemon_run(root, frames, rate, seconds, bsets)
+            r["load_fraction"] = frac
+            r["goodput_vs_tight"] = r["goodput_fps"] / tight["fps"]
+            runs.append(r)
+        best = max(r["goodput_fps"] for r in runs if r["goodput_fps"] == r["goodput_fps"])
+        gflop = gflop_per_frame(root, mix)
+        prec = precision or "f32"
+        out[label] = {
+            "backend": backend,
+            "precision": prec,
+            "engines": _shown(root),
+            "tight_loop": tight,
+            "daemon": runs,
+            "daemon_best_goodput_fps": best,
+            "p99_at_1x_ms": next((r["latency_ms_p99"] for r in runs if r["load_fraction"] == 1.0), None),
+            "p99_bound_ms": sets_delay(sets) + 2 * tight["batch_ms_mean"],
+            "gflop_per_frame": gflop,
+            "gflops_used": best * gflop,
+            "peak_gflops": peak.get(prec),
+            "share_of_peak": best * gflop / peak[prec] if peak.get(prec) else None,
+        }
+    base = out.get(which_runs[0][0], {}).get("daemon_best_goodput_fps")
+    for v in out.values():
+        if base and "daemon_best_goodput_fps" in v:
+            v["goodput_vs_onnxruntime"] = v["daemon_best_goodput_fps"] / base
+    return out
+
+
+def sets_delay(sets: list[str]) -> float:
+    """batching.max_delay_ms from the bench's --set list."""
+    for s in sets:
+        if s.startswith("batching.max_delay_ms="):
+            return float(s.split("=", 1)[1])
+    return 10.0
+
+
 def archive_run(
     engines: Path, frames: list[np.ndarray], tight_fps: float, seconds: float, sets: list[str]
 ) -> dict[str, Any]:
@@ -395,6 +533,14 @@ def main() -> int:
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     ap.add_argument(
+        "--backends",
+        choices=["all", "onnxruntime"],
+        default="all",
+        help="'all': ONNX Runtime float32 and OpenVINO f32, bf16 and int8 (the INT8 set), each with its tight "
+        "loop and the daemon at every load, and the machine's peak per precision; 'onnxruntime': the "
+        "baseline alone (default: %(default)s)",
+    )
+    ap.add_argument(
         "--only",
         choices=["all", "bridge", "archive"],
         default="all",
@@ -459,26 +605,25 @@ def main() -> int:
         "max_delay_ms": args.max_delay_ms,
         "mixes": {},
     }
+    loads = [float(x) for x in args.loads.split(",")]
+    if args.backends != "onnxruntime":
+        print("[peak] one GEMM per precision (OpenVINO) ...", flush=True)
+        results["peak_gflops"] = peak_gflops()
     for name, mix in MIXES.items():
         frames = frames_for(mix, 64, data)
-        print(f"[{name}] tight batched loop ...", flush=True)
-        tight = tight_loop(args.engines, frames, args.max_batch, args.seconds)
+        backends = backend_runs(
+            args.engines, int8, name, mix, frames, loads, args.seconds, sets, args.max_batch,
+            results.get("peak_gflops", {}), BACKEND_RUNS if args.backends == "all" else BACKEND_RUNS[:1],
+        )  # fmt: skip
+        ort = backends[BACKEND_RUNS[0][0]]
+        tight, runs = ort["tight_loop"], ort["daemon"]
         tight8 = None
         if int8 is not None:
-            print(f"[{name}] tight batched loop, INT8 set ...", flush=True)
+            print(f"[{name}] tight batched loop, INT8 set on ONNX Runtime ...", flush=True)
             tight8 = tight_loop(int8, frames, args.max_batch, args.seconds)
         print(f"[{name}] per-frame PyTorch eager loop ...", flush=True)
         eager = eager_loop(args.engines, frames, args.seconds)
-        runs = []
-        for frac in [float(x) for x in args.loads.split(",")]:
-            rate = max(tight["fps"] * frac, 1.0)
-            print(f"[{name}] daemon at {rate:.0f} frames/s offered ({frac:g} x tight loop) ...", flush=True)
-            r = daemon_run(args.engines, frames, rate, args.seconds, sets)
-            r["load_fraction"] = frac
-            runs.append(r)
-        for r in runs:
-            r["goodput_vs_tight"] = r["goodput_fps"] / tight["fps"]
-        sustained = max(r["goodput_fps"] for r in runs if r["goodput_fps"] == r["goodput_fps"])
+        sustained = ort["daemon_best_goodput_fps"]
         half = next((r for r in runs if r["load_fraction"] == 0.5), runs[0])
         results["mixes"][name] = {
             "mix": mix,
@@ -491,6 +636,7 @@ def main() -> int:
             "ratio_daemon_vs_eager": sustained / eager["fps"] if eager else None,
             "p99_at_half_load_ms": half["latency_ms_p99"],
             "p99_bound_ms": args.max_delay_ms + 2 * tight["batch_ms_mean"],
+            "backends": backends,
         }
     if int8 is not None:
         print("[stages] ms per frame at batch 8, float32 and INT8 ...", flush=True)

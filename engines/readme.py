@@ -170,6 +170,34 @@ def bench_block(r: dict[str, Any]) -> str:
             f"Overload targets (goodput >= {GOODPUT_TARGET:.0%} of the tight loop, TIMEOUT <= {TIMEOUT_TARGET:.0%} "
             "of the frames not DROPPED): " + "; ".join(verdicts) + ".",
         ]
+    with_backends = [(n, m["backends"]) for n, m in r["mixes"].items() if m.get("backends")]
+    if with_backends:
+        peak = r.get("peak_gflops") or {}
+        rows += [
+            "",
+            "Backends, same run: each backend's tight loop, and the daemon at loads that are multiples of that "
+            "tight loop (goodput fps; p99 of inspected frames at 1x); goodput against ONNX Runtime float32's "
+            "best daemon row; compute used = best goodput x network GFLOP per frame, against this machine's "
+            "peak for that precision measured in the same run (one 2048^3 GEMM: "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+            + "):",
+            "",
+            "| mix | backend | tight loop | goodput at each load | p99 at 1x | best vs ONNX Runtime f32 | GFLOP/s used | of peak |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, bs in with_backends:
+            for label, b in bs.items():
+                if "error" in b:
+                    rows.append(f"| {name} | {label} | not measured: {b['error']} | | | | | |")
+                    continue
+                loads = ", ".join(f"{d['load_fraction']:g}x {d['goodput_fps']:.1f}" for d in b["daemon"])
+                p99 = f"{b['p99_at_1x_ms']:.0f} ms" if b.get("p99_at_1x_ms") is not None else "n/a"
+                vs = f"{b['goodput_vs_onnxruntime']:.2f}x" if b.get("goodput_vs_onnxruntime") else "n/a"
+                share = _pct(b["share_of_peak"]) if b.get("share_of_peak") is not None else "n/a"
+                rows.append(
+                    f"| {name} | {label} | {b['tight_loop']['fps']:.1f} fps | {loads} | {p99} | {vs} | "
+                    f"{b['gflops_used']:.1f} | {share} |"
+                )
     if "bridge" in r:
         b = r["bridge"]
         rows += [
