@@ -3,8 +3,8 @@
 Layout under the archive folder::
 
     index.sqlite3                     one row per archived verdict
-    frames/YYYY-MM-DD/<seq>-<ts>.received.png
-    frames/YYYY-MM-DD/<seq>-<ts>.inspected.png   (where a denoiser changed the frame)
+    frames/YYYY-MM-DD/<seq>-<ts>.received.png   (.jpg: a JPEG the daemon resized, kept as the camera sent it)
+    frames/YYYY-MM-DD/<seq>-<ts>.inspected.png   (where a denoiser changed the frame, or it was resized)
     frames/YYYY-MM-DD/<seq>-<ts>.evidence.png    (occlusion map, made on demand)
 
 Crash safety (a SIGKILL at any instant): images are written to ``*.tmp`` and
@@ -131,8 +131,9 @@ class Filters:
 
 
 def evidence_of(received: str) -> str:
-    """Where an entry's evidence map lives: beside its received image."""
-    return received.replace(".received.png", ".evidence.png")
+    """Where an entry's evidence map lives: beside its received image (``.received.png|jpg``)."""
+    stem, sep, _ext = received.rpartition(".received.")
+    return f"{stem}.evidence.png" if sep else received + ".evidence.png"
 
 
 def parse_time(text: str, now: float | None = None) -> int:
@@ -174,13 +175,34 @@ class Archive:
         self.db.close()
 
     # -- writing (the archive worker) ---------------------------------------------------------
-    def add(self, body: dict[str, Any], frame: np.ndarray | None, inspected: np.ndarray | None) -> int:
-        """Store one verdict with its images; returns the row id. Files first, then the row."""
+    def add(
+        self,
+        body: dict[str, Any],
+        frame: np.ndarray | None,
+        inspected: np.ndarray | None,
+        original: tuple[str, bytes] | None = None,
+    ) -> int:
+        """Store one verdict with its images; returns the row id. Files first, then the row.
+
+        ``original``: (format, payload) of a frame the daemon resized on arrival - ``png`` / ``jpeg`` bytes
+        are kept as sent, ``raw:HxW`` pixels as a PNG - stored as the received image; the resized ``frame``
+        then stands as what the classifier saw, unless a denoiser's output (``inspected``) does."""
         ts = int(body.get("published_ns") or time.time_ns())
         day = datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%d")
         stem = f"{FRAMES}/{day}/{int(body.get('seq') or 0):012d}-{ts}"
         paths: dict[str, str | None] = {"received": None, "inspected": None}
         size = 0
+        if original is not None:
+            fmt, payload = original
+            if fmt in ("png", "jpeg"):
+                rel = f"{stem}.received.{'png' if fmt == 'png' else 'jpg'}"
+                size += self._write_bytes(rel, payload)
+            else:
+                h, w = (int(x) for x in fmt.removeprefix("raw:").split("x"))
+                rel = f"{stem}.received.png"
+                size += self._write_png(rel, np.frombuffer(payload, np.uint8).reshape(h, w))
+            paths["received"] = rel
+            frame, inspected = None, inspected if inspected is not None else frame
         for kind, img in (("received", frame), ("inspected", inspected)):
             if img is None:
                 continue
@@ -214,13 +236,16 @@ class Archive:
         return int(cur.lastrowid or 0)
 
     def _write_png(self, rel: str, img: np.ndarray) -> int:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
         ok, data = cv2.imencode(".png", img)
         if not ok:
             raise ValueError(f"could not encode {rel} as PNG")
+        return self._write_bytes(rel, data.tobytes())
+
+    def _write_bytes(self, rel: str, data: bytes) -> int:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(data)
         os.replace(tmp, path)  # atomic: the file is whole or absent
         return len(data)
 
@@ -382,7 +407,7 @@ class Archive:
                     p = self.path(e, kind)
                     if p is None or not p.is_file():
                         continue
-                    name = f"{e['id']:08d}-{e['verdict']}-{kind}.png"
+                    name = f"{e['id']:08d}-{e['verdict']}-{kind}{p.suffix}"  # a received JPEG stays one
                     files[kind] = name
                     if zf is not None:
                         zf.write(p, name)

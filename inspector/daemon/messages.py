@@ -56,6 +56,10 @@ class Accepted(msgspec.Struct, tag="accepted", frozen=True):
     t_recv: int
     deadline: int
     ids: FrameIds
+    # The camera's payload as sent, where the frame was resized on arrival and an archive is kept: the archive
+    # stores the frame as received ("png", "jpeg" or "raw:HxW"), not only its resized copy.
+    original: bytes | None = None
+    original_format: str | None = None
 
 
 class Inspection(msgspec.Struct, frozen=True):
@@ -122,6 +126,8 @@ class ArchiveItem(msgspec.Struct, tag="archive", frozen=True):
     width: int = 0
     frame: bytes | None = None  # the frame as received (uint8, height x width)
     inspected: bytes | None = None  # what the defect classifier saw, where a denoiser changed it
+    original: bytes | None = None  # the camera's payload, where the frame was resized on arrival
+    original_format: str | None = None  # "png", "jpeg" or "raw:HxW"
 
 
 M = TypeVar("M")

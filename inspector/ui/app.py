@@ -352,7 +352,8 @@ def build(page: Page, *, allowed_hosts: list[str], token: str | None, failures: 
                     404, f"no evidence map for entry {n} yet (POST /api/image/{n}/evidence makes one)"
                 )
             raise error(404, f"no {kind} image for entry {n}")
-        return Response(path.read_bytes(), media_type="image/png", headers={"cache-control": "max-age=3600"})
+        media = "image/jpeg" if path.suffix == ".jpg" else "image/png"  # a received JPEG is kept as sent
+        return Response(path.read_bytes(), media_type=media, headers={"cache-control": "max-age=3600"})
 
     async def make_evidence(request: Request) -> Response:
         n = entry_id(request)

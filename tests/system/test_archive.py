@@ -220,3 +220,41 @@ def test_below_the_free_disk_floor_nothing_is_written_and_it_is_said(
         assert d.stop() == 0
     assert archived(root) == []
     assert "free disk below the floor" in d.log_path.read_text()
+
+
+def test_a_frame_of_another_size_is_archived_as_the_camera_sent_it(tmp_path: Path, tiny_engines: Path, pool):
+    """A 600x600 frame is resized to the set's 300x300 on arrival; the archive keeps what the camera sent (a
+    JPEG byte for byte, raw pixels as a lossless PNG) and the resized frame as what the classifier saw."""
+    from inspector.protocol import encode_frame
+
+    root = tmp_path / "archive"
+    d = Daemon(
+        tmp_path, tiny_engines, [f"archive.dir={root}", "archive.pass_sample=1", "archive.min_free_mb=0"]
+    )
+    big = cv2.resize(pool[0], (600, 600), interpolation=cv2.INTER_CUBIC)
+    try:
+        d.wait_ready()
+        jpeg = encode_frame(big, "cam0", "big-jpeg", time.time_ns(), "jpeg")  # stamped now: not stale
+        d.send(encode_frame(big, "cam0", "big-raw", time.time_ns(), "raw"))
+        d.send(jpeg)
+        d.send_frame(pool[1], "small")  # the set's own size: stored as before
+        d.wait_verdicts(3, 60)
+    finally:
+        assert d.stop() == 0
+    a = Archive(root, readonly=True)
+    got = {json.loads(e["body"])["frame_id"]: e for e in a.query()}
+    assert set(got) == {"big-raw", "big-jpeg", "small"}
+    raw = a.path(got["big-raw"], "received")
+    assert raw is not None and raw.suffix == ".png"
+    assert np.array_equal(cv2.imread(str(raw), cv2.IMREAD_GRAYSCALE), big)
+    sent_jpeg = a.path(got["big-jpeg"], "received")
+    assert sent_jpeg is not None, (
+        got["big-jpeg"]["body"] and sent_jpeg.suffix == ".jpg" and sent_jpeg.read_bytes() == jpeg[1]
+    )
+    for fid in ("big-raw", "big-jpeg"):
+        seen = a.path(got[fid], "inspected")
+        assert seen is not None and cv2.imread(str(seen), cv2.IMREAD_GRAYSCALE).shape == (300, 300)
+        assert a.path(got[fid], "evidence") != a.path(got[fid], "received")  # never over the original
+    small = a.path(got["small"], "received")
+    assert small is not None and cv2.imread(str(small), cv2.IMREAD_GRAYSCALE).shape == (300, 300)
+    a.close()

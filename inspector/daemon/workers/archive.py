@@ -75,7 +75,10 @@ class ArchiveWorker(Worker):
             shape = (item.height, item.width)
             frame = np.frombuffer(item.frame, np.uint8).reshape(shape) if item.frame else None
             insp = np.frombuffer(item.inspected, np.uint8).reshape(shape) if item.inspected else None
-            self.store.add(body, frame, insp)
+            original = (
+                (item.original_format, item.original) if item.original and item.original_format else None
+            )
+            self.store.add(body, frame, insp, original=original)
         except Exception as exc:  # a full disk, a corrupt item: counted and logged, never fatal
             self.m.archive_skipped.labels("error").inc()
             self.log.error("archive: could not store a verdict", error=str(exc))

@@ -216,7 +216,13 @@ class IngestWorker(Worker):
                     f"stale: captured {age_ns / 1e6:.0f} ms ago, {limit}",
                 )
                 return
+        original = original_format = None
         if img.shape != self.spec.frame_size:
+            if self.settings.archive.dir is not None:  # the archive keeps the frame as received, not resized
+                original = parts[1]
+                original_format = (
+                    f"raw:{img.shape[0]}x{img.shape[1]}" if header.encoding == "raw" else header.encoding
+                )
             # Engines were trained at frame_size; a frame of another size is resized (area) once, here.
             img = cv2.resize(
                 img, (self.spec.frame_size[1], self.spec.frame_size[0]), interpolation=cv2.INTER_AREA
@@ -245,7 +251,16 @@ class IngestWorker(Worker):
         # The publisher hears of the frame before inference can answer it (same socket as any reject).
         RESULTS.send(
             self.results,
-            Accepted(ticket=ticket, slot=slot, gen=self.gen, t_recv=t_recv, deadline=deadline, ids=meta),
+            Accepted(
+                ticket=ticket,
+                slot=slot,
+                gen=self.gen,
+                t_recv=t_recv,
+                deadline=deadline,
+                ids=meta,
+                original=original,
+                original_format=original_format,
+            ),
         )
         self._slot = None  # from here the publisher frees it, with the verdict
         try:

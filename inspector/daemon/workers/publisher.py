@@ -299,7 +299,7 @@ class PublisherWorker(Worker):
         if ticket >= self.ticket_base:
             self.frames_answered += 1
         if self.archive is not None:
-            self._archive(verdict, parts[1], slot, ticket)
+            self._archive(verdict, parts[1], slot, ticket, acc)
         if found is not None and ids.camera_id is not None and verdict is not Verdict.ERROR:
             self._health(ids.camera_id, found)
         self.m.e2e_ms.observe(total_ms)
@@ -397,7 +397,9 @@ class PublisherWorker(Worker):
             )
         self.log.warning("frames never received", camera_id=cam, missing=seq - last - 1, before=seq)
 
-    def _archive(self, verdict: Verdict, body: bytes, slot: int | None, ticket: int) -> None:
+    def _archive(
+        self, verdict: Verdict, body: bytes, slot: int | None, ticket: int, acc: Accepted | None = None
+    ) -> None:
         """Hand the verdict (and its pixels, copied before the slot is freed) to the archive worker.
 
         Never blocks: when the archive worker is behind (its queue is full, or it is stopped or dead)
@@ -415,6 +417,8 @@ class PublisherWorker(Worker):
             width=w,
             frame=frame,
             inspected=inspected,
+            original=acc.original if acc is not None else None,
+            original_format=acc.original_format if acc is not None else None,
         )
         try:
             ARCHIVE.send(self.archive, item, zmq.NOBLOCK)  # type: ignore[arg-type]
