@@ -224,7 +224,12 @@ def recalibrate(args: argparse.Namespace, command: str) -> Manifest:
             "thresholds": cal["thresholds"],
             "escape_target": args.escape_rate,
             "command": f"{manifest.command} && {command}",
-            "calibration": manifest_calibration(report["calibration"]),
+            "calibration": manifest_calibration(report["calibration"])
+            | (  # an INT8 set calibrated here has thresholds of its own (inspector.manifest.borrowed_thresholds)
+                {"int8": {"thresholds_calibrated": True, "by": "inspector-build calibrate on INT8 scores"}}
+                if manifest.precision.startswith("int8")
+                else {}
+            ),
             "metrics": summary_metrics(report) if "denoising" in report else manifest.metrics,
         }
     )

@@ -224,8 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "--gate-plc",
                 default=None,
                 metavar="HOST:PORT",
-                help="also fire the reject gate: write a coil on this PLC (Modbus client) for every reject, "
-                "and hold it on in fail-safe (default: off; the PLC reads the FIFO instead)",
+                help="also drive the diverter: write a coil on this PLC (Modbus client; on = divert), held on "
+                "in fail-safe (default: off; the PLC reads the verdict ring instead)",
+            )
+            b.add_argument(
+                "--gate-mode",
+                choices=["permit", "reject"],
+                default="permit",
+                help="permit: the coil rests on and drops off for pulse-ms on every PASS (fail-closed: a part "
+                "with no verdict is diverted); reject: the coil rests off and pulses on for every reject - a "
+                "frame that never reached the daemon then passes, so use it only beside the verdict ring "
+                "(default: %(default)s)",
             )
             b.add_argument(
                 "--gate-coil", type=int, default=0, help="coil address for --gate-plc (default: %(default)s)"
@@ -234,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--gate-pulse-ms",
                 type=float,
                 default=200,
-                help="coil pulse per reject (default: %(default)s)",
+                help="coil pulse per PASS (permit) or per reject (reject) (default: %(default)s)",
             )
         if kind == "opcua":
             b.add_argument(
@@ -572,7 +581,9 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 log,
                 zmq_options=zmq_options,
                 stop=stop,
-                gate=(args.gate_plc, args.gate_coil, args.gate_pulse_ms) if args.gate_plc else None,
+                gate=(args.gate_plc, args.gate_coil, args.gate_pulse_ms, args.gate_mode)
+                if args.gate_plc
+                else None,
                 ring_depth=args.ring_depth,
                 allow_from=args.allow_from,
             )

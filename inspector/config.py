@@ -86,7 +86,10 @@ class BatchingConfig(_Section):
         default=10.0, ge=0, description="flush when the oldest frame has waited this long"
     )
     deadline_ms: float = Field(
-        default=2000.0, gt=0, description="a frame without a verdict this long after receipt gets TIMEOUT"
+        default=2000.0,
+        gt=0,
+        description="a frame without a verdict this long after capture (its ts_ns, plus ingest.clock_skew_ms; "
+        "deadline_from = receipt: after ingest reads it) gets TIMEOUT",
     )
     admission: bool = Field(
         default=True,
@@ -322,6 +325,7 @@ RESTART_ONLY = (
     "ring.slots",
     "security",
     "archive.dir",
+    "archive.queue",
     "metrics",
     "log",
 )

@@ -146,15 +146,16 @@ def borrowed_thresholds(manifest: Manifest) -> str | None:
     float32 set's and ``calibration.int8`` says so (``thresholds_calibrated: false``, and
     ``thresholds_from``). Those are the wrong operating point: INT8 scores sit lower (on the
     shipped photograph set the float32 thresholds are 3.1-4.6x the INT8 set's own), so such a set
-    passes defective parts. An INT8 set whose ``calibration.int8`` records no thresholds of its own
-    counts as borrowing too; ``inspector-build calibrate`` replaces the whole calibration block, so
-    a set recalibrated there is its own. Float32 sets always are.
+    passes defective parts. An INT8 set whose ``calibration.int8`` records no thresholds of its own,
+    or that has no ``calibration.int8`` at all, counts as borrowing too: nothing is trusted by
+    absence. ``inspector-build calibrate`` on an INT8 set writes ``calibration.int8`` with
+    ``thresholds_calibrated: true``. Float32 sets always are their own.
     """
     if not manifest.precision.startswith("int8"):
         return None
     int8 = manifest.calibration.get("int8")
-    if not isinstance(int8, dict):
-        return None
+    if not isinstance(int8, dict):  # no record that these thresholds were ever set on INT8 scores
+        return "unknown: the set records no INT8 calibration (calibration.int8)"
     own = int8.get("thresholds_calibrated")
     if own is None:  # sets written before the flag: calibrated ones record their thresholds
         own = "thresholds_from" not in int8 and ("threshold" in int8 or "thresholds" in int8)

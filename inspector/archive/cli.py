@@ -130,7 +130,8 @@ def _list(store: Archive, a: argparse.Namespace) -> int:
         for r in rows:
             print(
                 json.dumps(
-                    {k: v for k, v in r.items() if k != "body"} | {"verdict_json": json.loads(r["body"])}
+                    {k: v for k, v in r.items() if k != "body"} | {"verdict_json": json.loads(r["body"])},
+                    allow_nan=False,
                 )
             )
         return 0
@@ -156,7 +157,7 @@ def _show(store: Archive, a: argparse.Namespace, settings: Any) -> int:
     if e is None:
         print(f"inspector archive: no entry {a.id}", file=sys.stderr)
         return 1
-    print(json.dumps(json.loads(e["body"]), indent=2))
+    print(json.dumps(json.loads(e["body"]), indent=2, allow_nan=False))
     for kind in ("received", "inspected"):
         p = store.path(e, kind)
         print(

@@ -230,7 +230,7 @@ class Archive:
                     paths["received"],
                     paths["inspected"],
                     size,
-                    json.dumps(body, separators=(",", ":")),
+                    json.dumps(body, separators=(",", ":"), allow_nan=False),
                 ),
             )
         return int(cur.lastrowid or 0)
@@ -413,7 +413,11 @@ class Archive:
                         zf.write(p, name)
                     else:
                         shutil.copyfile(p, out / name)
-                lines.append(json.dumps({"id": e["id"], "files": files, "verdict": json.loads(e["body"])}))
+                lines.append(
+                    json.dumps(
+                        {"id": e["id"], "files": files, "verdict": json.loads(e["body"])}, allow_nan=False
+                    )
+                )
                 n += 1
             text = "\n".join(lines) + ("\n" if lines else "")
             if zf is not None:

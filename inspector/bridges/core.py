@@ -59,10 +59,13 @@ U32 = 1 << 32
 MAX_DEPTH = 64  # entries per FIFO / verdict ring: a power of two, so that index = u16 count mod depth
 
 
+NO_ID = 0xFFFFFFFF  # a missing frame id or encoder in a register entry: no PLC triggers a camera with it
+
+
 def u32(value: Any) -> int:
-    """A protocol id as a 32-bit number: integers modulo 2**32, strings as their CRC-32."""
+    """A protocol id as a 32-bit number: integers modulo 2**32, strings as their CRC-32, none as 0xFFFFFFFF."""
     if isinstance(value, bool) or value is None:
-        return 0
+        return NO_ID
     if isinstance(value, int):
         return value % U32
     return zlib.crc32(str(value).encode())
@@ -120,8 +123,10 @@ class RejectFifo:
     ``head`` counts rejects written, ``tail`` what the PLC has acknowledged (it writes ``tail``
     back after reading entries ``tail .. head-1``, each at index ``n % depth``). When the PLC
     falls more than ``depth`` behind, the oldest unread entries are overwritten and counted in
-    ``overflow``, and ``lost_until`` holds the head at that moment: the bridge fails safe until
-    the PLC acknowledges a tail at or past it.
+    ``overflow``, and - once a PLC has acknowledged at least once, so it is known to use the FIFO -
+    ``lost_until`` holds the head at that moment: the bridge fails safe until the PLC acknowledges
+    a tail at or past it. A PLC that never writes ``tail`` (it proves passes from the verdict ring,
+    or it is an OPC UA client) does not use the FIFO: its overflow is counted, never latched.
     """
 
     depth: int
@@ -130,6 +135,7 @@ class RejectFifo:
     tail: int = 0
     overflow: int = 0
     lost_until: int | None = None
+    acked: bool = False  # a PLC has written tail at least once: it reads this FIFO
 
     def __post_init__(self) -> None:
         self.entries = [None] * self.depth
@@ -142,9 +148,9 @@ class RejectFifo:
             self.tail += 1  # the oldest unread entry is gone; the PLC sees it in `overflow`
         self.entries[self.head % self.depth] = r
         self.head += 1
-        if lost:
+        if lost and self.acked:
             self.lost_until = self.head
-        return lost
+        return lost and self.acked
 
     def ack(self, tail16: int) -> bool:
         """The PLC wrote its 16-bit tail: accept it if it lies within the unread range."""
@@ -152,6 +158,7 @@ class RejectFifo:
         if behind > self.head - self.tail or behind > self.depth:
             return False
         self.tail = self.head - behind
+        self.acked = True
         if self.lost_until is not None and self.tail >= self.lost_until:
             self.lost_until = None  # read past every reject it lost
         return True
@@ -258,7 +265,9 @@ class BridgeState:
                 self.on_verdict(body)
             else:
                 raise ValueError(f"unknown topic {parts[0][:20]!r}")
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+        except (
+            ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError, OverflowError
+        ):  # fmt: skip
             self.malformed += 1
 
     def on_heartbeat(self, hb: dict[str, Any], now: float) -> None:
@@ -318,7 +327,11 @@ class BridgeState:
         score = v.get("defect_score")
         score = None if score is None else _number(score, "defect_score")
         reason = _opt(v.get("reason"), (str,), "reason")
-        reject = v.get("reject") is not False or verdict != "PASS"
+        if verdict == "PASS" and v.get("reject") is not False:
+            # A PASS that does not say reject = false contradicts itself: taken as lost (malformed), so the
+            # next verdict's seq gap fails safe; it never shows as a PASS in a ring.
+            raise ValueError("a PASS without reject = false")
+        reject = verdict != "PASS"
         # -- checked whole; from here the state changes --
         if self.last_seq is not None:
             if seq == 1 and self.last_seq > 1:

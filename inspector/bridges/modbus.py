@@ -104,6 +104,13 @@ CAMERA = [
 RING = [
     Reg(0, 2, "count", "verdicts for this camera, PASS and reject alike (u32): entry n at index n mod depth"),
     Reg(2, 1, "depth", "entries in the ring"),
+    Reg(
+        3,
+        2,
+        "camera_crc",
+        "CRC-32 of the camera id this block serves (0 while none): check it is your camera before "
+        "trusting a PASS",
+    ),
 ]
 ENTRY = [
     Reg(0, 2, "seq", "the verdict's seq (u32)"),
@@ -135,6 +142,12 @@ class RegisterMap:
         for cam in self.state.cameras.values():
             if cam.index == index:
                 return cam
+        return None
+
+    def camera_id(self, index: int) -> str | None:
+        for cid, cam in self.state.cameras.items():
+            if cam.index == index:
+                return cid
         return None
 
     def status(self) -> list[int]:
@@ -172,7 +185,7 @@ class RegisterMap:
         return [
             *words32(e.seq),
             *words32(u32(e.frame_id)),
-            *words32(e.encoder if e.encoder is not None else 0xFFFFFFFF),
+            *words32(u32(e.encoder)),
             VERDICT_CODES[e.verdict],
             NONE16 if e.score is None else min(max(round(e.score * 1000), 0), 1000),
         ]
@@ -192,7 +205,7 @@ class RegisterMap:
             int(cam.health == "alarm"),
             VERDICT_CODES.get(last.get("verdict", ""), 0),
             *words32(u32(last.get("frame_id"))),
-            *words32(enc if isinstance(enc, int) else 0xFFFFFFFF),
+            *words32(u32(enc if isinstance(enc, int) else None)),
             *words32(cam.counts["PASS"]),
             *words32(rejects),
             *words32(cam.ring.count),
@@ -204,7 +217,8 @@ class RegisterMap:
 
     def ring(self, index: int) -> list[int]:
         cam = self.camera_at(index)
-        out = [*words32(cam.ring.count if cam else 0), self.ring_depth]
+        crc = u32(cam_id) if (cam_id := self.camera_id(index)) is not None else 0
+        out = [*words32(cam.ring.count if cam else 0), self.ring_depth, *words32(crc)]
         out += [0] * (ENTRY_BASE - len(out))
         for e in cam.ring.entries if cam else [None] * self.ring_depth:
             out += self.entry(e)
@@ -287,54 +301,78 @@ class RegisterMap:
         return SimDevice(0, simdata=blocks, action=action)  # 0: answer any unit id
 
 
-class GateWriter:
-    """Optional: the bridge fires a reject gate itself, as a Modbus client writing a coil on the PLC.
+GATE_MODES = ("permit", "reject")
 
-    For lines whose gate is timed by the bridge rather than by the PLC's own shift register: every
-    reject pulses the coil on for ``pulse_ms``; while the bridge is in fail-safe the coil is held on
-    (reject everything) and rewritten every half second, so a PLC that restarted sees it again.
-    Write failures are counted and logged; the client reconnects by itself.
+
+class GateWriter:
+    """Optional: the bridge drives a diverter itself, as a Modbus client writing a coil on the PLC.
+
+    For lines whose gate is timed by the bridge rather than by the PLC's own shift register. The coil
+    means "divert" (on = the part goes to the reject bin). Two modes:
+
+    - ``permit`` (the default, fail-closed): the coil rests **on**; every PASS of a mapped camera,
+      while the bridge is not in fail-safe, drops it off for ``pulse_ms`` - a pass permit. A part
+      with no verdict, a lost verdict, a dead daemon: no permit, diverted. The resting state is
+      rewritten every half second, so a PLC that restarted sees it again.
+    - ``reject``: the coil rests off and is pulsed on for every reject. Not fail-closed on its own: a
+      frame that never reached the daemon gets no pulse, so its part passes. Use it only beside the
+      verdict ring, as a reject list.
+
+    In both modes the coil is held on (divert everything) while the bridge is in fail-safe, from the
+    moment it starts. Write failures are counted and logged; the client reconnects by itself.
     """
 
-    def __init__(self, state: BridgeState, target: str, coil: int, pulse_ms: float, log: Any) -> None:
+    def __init__(
+        self, state: BridgeState, target: str, coil: int, pulse_ms: float, log: Any, mode: str = "permit"
+    ) -> None:
+        if mode not in GATE_MODES:
+            raise ValueError(f"gate mode {mode!r}: one of {', '.join(GATE_MODES)}")
         host, _, port = target.rpartition(":")
         self.host, self.port, self.coil, self.pulse = host or "127.0.0.1", int(port), coil, pulse_ms / 1000
-        self.state, self.log = state, log
+        self.state, self.log, self.mode = state, log, mode
         self.pending: asyncio.Queue[None] = asyncio.Queue(maxsize=1000)
         self.pulses = self.failures = 0
 
-    def reject(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.pending.put_nowait(None)
+    def verdict(self, r: Reject) -> None:
+        """Every verdict of a mapped camera: queue a pulse if this mode pulses for it."""
+        if (r.verdict == "PASS") == (self.mode == "permit"):
+            with contextlib.suppress(asyncio.QueueFull):
+                self.pending.put_nowait(None)
 
     async def run(self, stop: asyncio.Event) -> None:
         from pymodbus.client import AsyncModbusTcpClient
 
         client = AsyncModbusTcpClient(self.host, port=self.port, timeout=1, retries=0)
-        last_hold = 0.0
+        rest = self.mode == "permit"  # the coil between pulses: on (divert) in permit mode
+        held: bool | None = None  # what the coil was last set to outside a pulse
+        last_write = 0.0
         try:
             while not stop.is_set():
                 if not client.connected:
                     await client.connect()
+                now = time.monotonic()
                 if self.state.failsafe:
-                    if time.monotonic() - last_hold > 0.5:
+                    if held is not True or now - last_write > 0.5:
                         await self._write(client, True)
-                        last_hold = time.monotonic()
+                        held, last_write = True, now
                     while not self.pending.empty():
-                        self.pending.get_nowait()  # the coil is on anyway
+                        self.pending.get_nowait()  # divert everything: no permit counts now
                     await asyncio.sleep(0.02)
                     continue
-                if last_hold:
-                    await self._write(client, False)  # fail-safe cleared
-                    last_hold = 0.0
+                if held is not rest or now - last_write > 0.5:
+                    await self._write(client, rest)  # fail-safe cleared, or the half-second refresh
+                    held, last_write = rest, now
                 try:
                     await asyncio.wait_for(self.pending.get(), 0.05)
                 except TimeoutError:
                     continue
+                if self.state.failsafe:
+                    continue  # fail-safe came while it waited: no pulse
                 self.pulses += 1
-                await self._write(client, True)
+                await self._write(client, not rest)
                 await asyncio.sleep(self.pulse)
-                await self._write(client, False)
+                await self._write(client, rest)
+                last_write = time.monotonic()
         finally:
             client.close()
 
@@ -366,11 +404,24 @@ def allow_list(nets: list[str]) -> list[Any]:
     return out
 
 
+def allowed(peer: str, allow: list[Any]) -> bool:
+    """Is ``peer`` in one of the ``allow`` networks? An IPv4 peer on a dual-stack socket shows as
+    ``::ffff:a.b.c.d``: it is matched as the IPv4 address it is."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return any(
+        a in net for net in allow for a in (addr, mapped) if a is not None and a.version == net.version
+    )
+
+
 def guarded_server(device: Any, host: str, port: int, allow: list[Any], log: Any) -> Any:
     """A pymodbus TCP server that closes connections from addresses outside ``allow`` (empty: any) at once,
     before they can read or write a register: only the PLC may acknowledge (``tail``) its rejects."""
-    import ipaddress
-
     from pymodbus.server import ModbusTcpServer
 
     class Guarded(ModbusTcpServer):
@@ -384,10 +435,7 @@ def guarded_server(device: Any, host: str, port: int, allow: list[Any], log: Any
 
             def connection_made(transport: Any) -> None:
                 peer = transport.get_extra_info("peername") or ("?", 0)
-                try:
-                    ok = any(ipaddress.ip_address(peer[0]) in net for net in allow)
-                except ValueError:
-                    ok = False
+                ok = allowed(str(peer[0]), allow)
                 if not ok:
                     Guarded.refused += 1
                     if Guarded.refused % 100 == 1:
@@ -414,13 +462,13 @@ async def serve(
     log: Any,
     zmq_options: Callable[[Any], None] | None = None,
     stop: asyncio.Event | None = None,
-    gate: tuple[str, int, float] | None = None,
+    gate: tuple[str, int, float, str] | None = None,
     ring_depth: int | None = None,
     allow_from: list[str] | None = None,
 ) -> None:
     """Subscribe to the daemon at ``daemon`` and serve the register map on ``host:port`` until ``stop``.
 
-    ``gate``: (PLC host:port, coil address, pulse ms) to also fire a reject coil on the PLC. If any
+    ``gate``: (PLC host:port, coil address, pulse ms, mode) to also drive a diverter coil on the PLC. If any
     of the bridge's tasks dies, the map says fail-safe 9 (bridge fault) and the process exits 1.
     """
     from inspector.bridges.run import Subscription, watch
@@ -450,10 +498,15 @@ async def serve(
         asyncio.create_task(sub.run(stop), name="subscription"),
     ]
     if gate is not None:
-        writer = GateWriter(state, *gate, log)
-        state.on_reject = lambda _r: writer.reject()
+        writer = GateWriter(state, *gate[:3], log, mode=gate[3])
+        state.on_each = lambda r, _n: writer.verdict(r)
         tasks.append(asyncio.create_task(writer.run(stop), name="gate-writer"))
-        log.info("gate coil", plc=gate[0], coil=gate[1], pulse_ms=gate[2])
+        log.info("gate coil", plc=gate[0], coil=gate[1], pulse_ms=gate[2], mode=gate[3])
+        if gate[3] == "reject":
+            log.warning(
+                "gate mode reject is not fail-closed on its own: a frame that never reached the daemon "
+                "gets no pulse and its part passes; prove passes from the verdict ring, or use --gate-mode permit"
+            )
     try:
         await watch(tasks, stop, state, log)
     finally:

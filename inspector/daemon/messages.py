@@ -95,9 +95,13 @@ class WorkerDied(msgspec.Struct, tag="worker_died", frozen=True):
 
 
 class Reseed(msgspec.Struct, tag="reseed", frozen=True):
-    """A new ingest worker runs under generation ``gen``: re-count the free slots for it."""
+    """A new ingest worker runs under generation ``gen``: re-count the free slots for it.
+
+    ``first_ticket``: the ticket counter when the old ingest was gone and before the new one started -
+    every ticket below it was the dead ingest's, and one it never announced is lost."""
 
     gen: int
+    first_ticket: int = 0
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):

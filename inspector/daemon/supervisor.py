@@ -361,8 +361,9 @@ class Supervisor:
             else:  # ingest
                 self.shared.ingest_gen.value += 1
                 self.shared.ingest_ready.value = 0
+                first_ticket = int(self.shared.next_ticket.value)  # the dead ingest's last ticket + 1
                 self._spawn("ingest")
-                CONTROL.send(self.control, Reseed(int(self.shared.ingest_gen.value)))
+                CONTROL.send(self.control, Reseed(int(self.shared.ingest_gen.value), first_ticket))
         return True
 
     def _restart_optional(self, role: str, now: float) -> None:

@@ -442,13 +442,14 @@ def build(page: Page, *, allowed_hosts: list[str], token: str | None, failures: 
                 with zipfile.ZipFile(name, "a", zipfile.ZIP_DEFLATED) as zf:
                     zf.writestr(
                         "reviews.jsonl",
-                        "".join(json.dumps(review_json(r)) + "\n" for r in reviews),
+                        "".join(json.dumps(review_json(r), allow_nan=False) + "\n" for r in reviews),
                     )
                     zf.writestr(
                         "selection.json",
                         json.dumps(
                             selection | {"entries": n, "exported": iso(time.time_ns())},
                             indent=2,
+                            allow_nan=False,
                         ),
                     )
                 return name, n

@@ -257,8 +257,10 @@ def test_opcua_events_for_every_reject_and_camera_health(tmp_path: Path, tiny_en
         assert d.stop() == 0
 
 
-def test_the_bridge_can_fire_a_reject_coil_on_the_plc(tmp_path: Path):
-    """--gate-plc: a pulse per reject, held on in fail-safe; the 'PLC' is a real pymodbus server."""
+@pytest.mark.parametrize("mode", ["permit", "reject"])
+def test_the_bridge_can_drive_a_diverter_coil_on_the_plc(tmp_path: Path, mode: str):
+    """--gate-plc: permit (default): the coil rests on (divert) and drops off per PASS; reject: a pulse per
+    reject; both held on in fail-safe. The 'PLC' is a real pymodbus server."""
     import threading
 
     from pymodbus.server import ModbusTcpServer
@@ -289,6 +291,7 @@ def test_the_bridge_can_fire_a_reject_coil_on_the_plc(tmp_path: Path):
     endpoint = f"ipc://{tmp_path}/fake.sock"
     pub.bind(endpoint)
     gate = ["--gate-plc", f"127.0.0.1:{plc_port}", "--gate-coil", "7", "--gate-pulse-ms", "100"]
+    gate += [] if mode == "permit" else ["--gate-mode", mode]
     b = Bridge(tmp_path, "modbus", endpoint, ["--camera", "cam0", "--heartbeat-misses", "3", *gate])
     beating = threading.Event()
     beating.set()
@@ -311,7 +314,8 @@ def test_the_bridge_can_fire_a_reject_coil_on_the_plc(tmp_path: Path):
     try:
         beater.start()
         wait_for(lambda: plc.status()["failsafe"] == 0, 20, "the bridge to clear fail-safe")
-        wait_for(lambda: writes and writes[-1][1] is False, 10, "the start-up hold to be released")
+        rest = mode == "permit"  # the coil between pulses
+        wait_for(lambda: writes and writes[-1][1] is rest, 10, "the start-up hold to be released")
         start = len(writes)
         for kind in ("FAIL", "PASS", "TIMEOUT", "PASS", "ERROR"):
             seq[0] += 1
@@ -324,8 +328,13 @@ def test_the_bridge_can_fire_a_reject_coil_on_the_plc(tmp_path: Path):
             }
             pub.send_multipart([b"verdict", json.dumps(v).encode()])
             time.sleep(0.4)
-        pulses = [on for _, on in writes[start:]]
-        assert pulses == [True, False] * 3, pulses  # one pulse per reject, none for a PASS
+        seen = [on for _, on in writes[start:]]
+        # the resting state is rewritten every 0.5 s; count the pulses: writes of the other state, each
+        # followed by the resting state again
+        pulses = [i for i, on in enumerate(seen) if on is not rest]
+        assert all(i + 1 < len(seen) and seen[i + 1] is rest for i in pulses), seen
+        # permit: one drop per PASS (2), none for a reject; reject: one pulse per reject (3), none per PASS
+        assert len(pulses) == (2 if mode == "permit" else 3), seen
         beating.clear()  # the daemon falls silent: the coil is held on
         wait_for(lambda: plc.status()["failsafe"] == 1, 5, "fail-safe")
         time.sleep(1.2)

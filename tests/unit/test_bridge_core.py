@@ -115,6 +115,20 @@ def test_fifo_ack_and_overflow():
     assert f.ack(f.head % 0x10000) and f.unread == 0
 
 
+def test_a_fifo_no_plc_reads_overflows_without_latching_fail_safe():
+    """A PLC that proves passes from the verdict ring (or an OPC UA client) never writes tail: its FIFO
+    fills up on the first 64 rejects; that must not hold the line in fail-safe for good."""
+    s = BridgeState(["cam0"], fifo_depth=4)
+    s.feed(hb(0), 0.0)
+    for i in range(1, 11):
+        s.feed(verdict(i, "FAIL"), 0.1)
+    f = s.cameras["cam0"].fifo
+    assert f.overflow == 6 and f.lost_until is None and not f.acked
+    assert not s.failsafe, s.reason
+    s.feed(hb(10), 1.0)
+    assert not s.failsafe
+
+
 def test_malformed_messages_are_counted_and_ignored():
     s = BridgeState(["cam0"])
     for parts in (
@@ -134,7 +148,7 @@ def test_malformed_messages_are_counted_and_ignored():
 def test_ids_as_32_bit_numbers():
     assert u32(5) == 5 and u32(-1) == 2**32 - 1 and u32(2**40 + 3) == 3
     assert u32("part-7") == u32("part-7") != u32("part-8")
-    assert u32(None) == 0 and u32(True) == 0
+    assert u32(None) == 0xFFFFFFFF and u32(True) == 0xFFFFFFFF  # no id: a value no PLC triggers with
 
 
 def test_docs_plc_register_tables_are_the_code_s():
@@ -189,6 +203,7 @@ def test_a_reject_no_camera_can_take_fails_safe_and_is_counted():
 def test_fifo_overflow_fails_safe_until_the_plc_acknowledges_past_the_loss():
     s = BridgeState(["cam0"], fifo_depth=4)
     s.feed(hb(0), 0.0)
+    assert s.cameras["cam0"].fifo.ack(0)  # this PLC reads the FIFO (it has acknowledged once)
     for i in range(1, 6):  # five rejects into four entries: the first is overwritten unread
         s.feed(verdict(i, "FAIL"), 0.1)
     f = s.cameras["cam0"].fifo
@@ -249,9 +264,18 @@ def test_malformed_messages_never_change_the_state_or_stop_the_feed():
         [b"verdict", json.dumps({"seq": True, "verdict": "PASS"}).encode()],
         [b"verdict", json.dumps({"seq": 2, "verdict": "PASS", "camera_id": ["x"]}).encode()],
         [b"verdict", json.dumps({"seq": 2, "verdict": ["PASS"]}).encode()],
+        # a PASS that is also a reject, or says nothing of it: never a PASS in the ring
+        [b"verdict", json.dumps({"seq": 2, "verdict": "PASS", "reject": True, "camera_id": "cam0"}).encode()],
+        [b"verdict", json.dumps({"seq": 2, "verdict": "PASS", "camera_id": "cam0"}).encode()],
+        # an integer too large for a float (math.isfinite raises OverflowError, not ValueError)
+        [b"heartbeat", json.dumps({**bad_hb, "interval_s": 10**400}).encode()],
+        [
+            b"verdict",
+            json.dumps({"seq": 2, "verdict": "FAIL", "reject": True, "defect_score": 10**400}).encode(),
+        ],
     ):
         s.feed(parts, 0.2)
-    assert s.malformed == 10
+    assert s.malformed == 14
     assert (s.last_seq, s.failsafe, dict(s.counts), s.heartbeats) == before
     s.feed(verdict(2), 0.3)  # and the feed goes on
     assert s.last_seq == 2 and s.counts["PASS"] == 2
@@ -283,3 +307,13 @@ def test_ticks_come_from_the_loop_and_a_bridge_fault_never_clears():
     s.feed(hb(0, uptime=12), 2.0)
     assert s.failsafe and s.reason == "bridge_fault"
     assert changes[-1] == (True, "bridge_fault")
+
+
+def test_allow_from_matches_ipv4_peers_seen_on_a_dual_stack_socket():
+    from inspector.bridges.modbus import allow_list, allowed
+
+    nets = allow_list(["10.0.5.0/24", "fd00::1"])
+    assert allowed("10.0.5.20", nets) and allowed("::ffff:10.0.5.20", nets)  # IPv4-mapped IPv6
+    assert not allowed("10.0.6.20", nets) and not allowed("::ffff:10.0.6.20", nets)
+    assert allowed("fd00::1", nets) and not allowed("fd00::2", nets)
+    assert not allowed("not an address", nets) and not allowed("?", nets)

@@ -129,9 +129,12 @@ def test_the_daemon_refuses_to_start_on_it_with_the_reason(tmp_path: Path):
         {"source": "frames", "thresholds_from": FROM_FLOAT32},  # written by inspector rebuild before the flag
         {"source": "frames", "frames": 16},  # no thresholds of its own recorded at all
         {"source": "frames", "thresholds_calibrated": False, "threshold": 0.1},  # calibration not finished
+        None,  # no INT8 record at all: nothing is trusted by absence
     ],
 )
-def test_any_int8_record_without_thresholds_of_its_own_is_refused(tmp_path: Path, record: dict[str, Any]):
+def test_any_int8_record_without_thresholds_of_its_own_is_refused(
+    tmp_path: Path, record: dict[str, Any] | None
+):
     root = int8_copy(tmp_path, record)
     assert borrowed_thresholds(load_manifest(root)) is not None
     with pytest.raises(ManifestError, match="kept the float32 set's thresholds"):
@@ -139,9 +142,10 @@ def test_any_int8_record_without_thresholds_of_its_own_is_refused(tmp_path: Path
 
 
 def test_an_int8_set_recalibrated_afterwards_loads(tmp_path: Path):
-    """``inspector-build calibrate`` rewrites the whole calibration block (no ``int8`` record left) with
-    thresholds scored through the INT8 set itself."""
-    root = int8_copy(tmp_path, None, borrow=False)
+    """``inspector-build calibrate`` rewrites the whole calibration block with thresholds scored through the
+    INT8 set itself, and says so in ``calibration.int8`` (engines/package.py)."""
+    by = {"thresholds_calibrated": True, "by": "inspector-build calibrate on INT8 scores"}
+    root = int8_copy(tmp_path, by, borrow=False)
     m = load_manifest(root)
     assert borrowed_thresholds(m) is None
     pipe = Pipeline.from_manifest(root)

@@ -32,6 +32,7 @@ def pub(monkeypatch) -> Any:
     p.ticket_base = p.ticket_top = 10
     p.missing = {}
     p.reseeded_at = None
+    p.dead_below = 0
     p.cam_seqs = OrderedDict()
     p.synthetic = 0
     p.out = []
@@ -49,13 +50,31 @@ def test_a_ticket_ingest_issued_but_never_announced_is_answered_error_after_its_
     pub.clock.t += 5
     pub._lost_tickets()
     assert pub.out == []  # no ingest restart yet, and not yet the fallback
-    pub.reseeded_at = pub.clock.t  # the ingest died and a new one started
+    # the ingest died and a new one started; it had issued tickets up to 15 (the supervisor read the
+    # counter before the new one started)
+    pub.reseeded_at, pub.dead_below = pub.clock.t, 15
     pub._saw(14)  # the old ingest's last message arrives after all
     pub.clock.t += pubmod.LOST_SETTLE_S + 0.1
     pub._lost_tickets()
     assert [(o.ticket, o.verdict) for o in pub.out] == [(12, "ERROR")]
     assert pub.out[0].reason.startswith("lost_in_ingest") and pub.out[0].ids is None
     assert pub.missing == {}
+
+
+def test_tickets_of_a_dead_ingest_first_noticed_after_the_restart_are_answered_when_it_settles(pub):
+    """The race the review found: the ingest dies, the publisher first notices its last tickets only after
+    the restart (they were issued but the counter was read later). They are the dead ingest's - below the
+    Reseed's first_ticket - and are answered once the restart settles, not after the 30 s fallback."""
+    pub.reseeded_at, pub.dead_below = pub.clock.t, 13  # the dead ingest issued 10, 11, 12
+    pub.clock.t += 0.05
+    pub.shared.next_ticket.value = 14  # 13 is the new ingest's, taken in but not yet announced
+    pub._saw(10)
+    pub._lost_tickets()  # 11, 12, 13 noticed now, after the restart
+    assert pub.out == []
+    pub.clock.t += pubmod.LOST_SETTLE_S + 0.1
+    pub._lost_tickets()
+    assert [o.ticket for o in pub.out] == [11, 12]  # the dead ingest's; 13 may still be announced
+    assert sorted(pub.missing) == [13]
 
 
 def test_a_missing_ticket_is_answered_after_the_fallback_whatever_happened(pub):
@@ -79,6 +98,12 @@ def test_a_gap_in_cam_seq_answers_each_missing_frame_dropped(pub):
     pub._cam_seq(ids(0))
     pub._cam_seq(ids(1 + pubmod.MAX_CAM_SEQ_GAP + 5))
     assert pub.out == []
+    # a frame sent again (or overtaken) does not move the count back: no spurious DROPPED after it
+    pub.out.clear()
+    for k in (20, 21, 22, 19, 23, 24, 26):
+        pub._cam_seq(FrameIds(camera_id="cam2", cam_seq=k))
+    assert [o.ids.cam_seq for o in pub.out] == [25]  # only the real gap
+    pub.out.clear()
     # other cameras keep their own counters; frames without cam_seq are not counted
     pub._cam_seq(FrameIds(camera_id="cam1", cam_seq=5))
     pub._cam_seq(FrameIds(camera_id="cam1", cam_seq=None))

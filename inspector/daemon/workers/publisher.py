@@ -133,6 +133,7 @@ class PublisherWorker(Worker):
         self.ticket_base = self.ticket_top = int(self.shared.next_ticket.value)
         self.missing: dict[int, float] = {}
         self.reseeded_at: float | None = None
+        self.dead_below = 0  # tickets below this were issued by an ingest that has since died
         self.frames_answered = 0
         self.kinds: dict[str, int] = {v.value: 0 for v in Verdict}  # verdicts published, for heartbeats
         self.started_ns = time.time_ns()
@@ -217,6 +218,7 @@ class PublisherWorker(Worker):
             # A new ingest worker: every slot not held by a pending frame is free, under the new generation.
             self.gen = msg.gen
             self.reseeded_at = time.monotonic()
+            self.dead_below = max(self.dead_below, msg.first_ticket)
             free = self.ledger.reseed(self.gen, {t: (a.slot, a.gen) for t, a in self.pending.items()})
             self.backlog = [SeedSlots(self.gen, free)]
             self.flush_free()
@@ -333,8 +335,9 @@ class PublisherWorker(Worker):
         """Answer tickets whose frame ingest took in but never announced (it died in between).
 
         Tickets issued since the last look are noted as missing; a missing one is answered ERROR once an
-        ingest restart has settled (its predecessor's last messages had time to arrive) after it was
-        noticed, or after ``LOST_FALLBACK_S`` whatever happened."""
+        ingest restart has settled (its predecessor's last messages had time to arrive) if that dead
+        ingest issued it (below the restart's ``first_ticket``, however late the publisher noticed it),
+        or after ``LOST_FALLBACK_S`` whatever happened."""
         issued = int(self.shared.next_ticket.value)
         if issued > self.ticket_top:
             now = time.monotonic()
@@ -348,8 +351,7 @@ class PublisherWorker(Worker):
         lost = [
             t
             for t, seen in self.missing.items()
-            if now - seen > LOST_FALLBACK_S
-            or (settled and self.reseeded_at is not None and seen < self.reseeded_at)
+            if now - seen > LOST_FALLBACK_S or (settled and t < self.dead_below)
         ]
         for t in lost:
             self.missing.pop(t, None)
@@ -373,7 +375,9 @@ class PublisherWorker(Worker):
             return
         cam, seq = ids.camera_id, ids.cam_seq
         last = self.cam_seqs.pop(cam, None)
-        self.cam_seqs[cam] = seq
+        # The count goes on from the highest number seen: a frame sent again (or overtaken) does not move
+        # it back, else the frames after it would look lost. 0 starts a camera's count again (a restart).
+        self.cam_seqs[cam] = seq if last is None or seq > last or seq == 0 else last
         if len(self.cam_seqs) > CAMERAS_TRACKED:
             self.cam_seqs.popitem(last=False)
         if last is None or seq == last + 1:
@@ -443,6 +447,10 @@ class PublisherWorker(Worker):
         self.grace_ns = int(max(self.settings.batching.deadline_ms * 0.25, 250) * 1e6)
         with contextlib.suppress(Exception):
             self.model_version = load_manifest(self.settings.engines.path).model_version
+        limits = HealthLimits(**self.settings.health.model_dump())
+        if limits != self.cameras.limits:  # new health limits: every camera's window starts again
+            self.cameras = Cameras(limits)
+            self.log.info("camera health limits changed; health windows start again")
         self.log.info("settings reloaded", model_version=self.model_version)
 
     def flush_free(self) -> None:
