@@ -18,7 +18,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[build,dev]'
+	$(PY) -m pip install -q -e '.[build,dev,triton]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project with its build and dev extras (CPU torch)
@@ -50,7 +50,29 @@ browser: ## Debian's chromium + chromedriver for the operator page's browser tes
 		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "note: no chromium/chromedriver and not root: the browser test will skip (sudo apt-get install chromium chromium-driver)"; fi
 
-test: $(STAMP) lint browser ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
+promtool: ## Debian's prometheus package, for promtool's check of deploy/prometheus (apt-get, needs root)
+	@if command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing prometheus (apt-get) for promtool's check of deploy/prometheus"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	else echo "note: no promtool and not root: deploy/prometheus gets a schema check only (sudo apt-get install prometheus)"; fi
+
+# The shared inference tier's server: nvidia-pytriton's tritonserver (python backend) in a venv of its own, because
+# its python backend needs numpy<2 (with numpy 2 it answers empty outputs, no error); this project goes in without
+# its dependencies, for the model.py that `inspector triton-repo --platform python` writes.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+$(TRITON_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'numpy<2' 'onnxruntime>=1.20'
+	$(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $(TRITON_STAMP)
+
+triton: $(TRITON_STAMP) ## a real Triton Inference Server for the scale-out tests and CPU hosts: .venv-triton (inspector triton-server)
+
+test: $(STAMP) lint browser promtool triton ## set up, lint, and run every test tier (unit, integration, system; gpu tests skip without a GPU)
 	$(PY) -m pytest
 
 engines: $(STAMP) ## train, export, calibrate and evaluate the shipped engine set on the real photographs (DATA=..., about 1 h 50 min on 2 cores)
@@ -68,4 +90,4 @@ demo: $(STAMP) ## run the daemon on the shipped engines, stream the real test ph
 bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, for ONNX Runtime and OpenVINO f32/bf16/int8 (JSON + README tables)
 	$(PY) bench/run.py --data $(if $(wildcard $(DATA)/test),$(DATA),synthetic)
 
-.PHONY: help venv install-runtime lint format browser test engines engines-synthetic demo bench
+.PHONY: help venv install-runtime lint format browser promtool triton test engines engines-synthetic demo bench

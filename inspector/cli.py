@@ -263,11 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from inspector.archive.cli import add_parser as archive_parser
     from inspector.rebuild import add_parser as rebuild_parser
+    from inspector.triton.cli import add_parsers as triton_parsers
     from inspector.ui.server import add_parser as ui_parser
 
     archive_parser(sub, _config_args)
     ui_parser(sub, _config_args)
     rebuild_parser(sub)
+    triton_parsers(sub)
 
     p = sub.add_parser("demo", help="run the daemon with a simulated camera and a listener, then summarise")
     p.add_argument(
@@ -632,6 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         from inspector.rebuild import run as run_rebuild
 
         return run_rebuild(args)
+    if args.cmd in ("triton-repo", "triton-server"):
+        from inspector.triton.cli import run as run_triton
+
+        return run_triton(args)
     if args.cmd == "ui":
         from inspector.ui.server import run as run_ui
 

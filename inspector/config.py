@@ -121,7 +121,8 @@ class EnginesConfig(_Section):
     path: Path = Field(default=Path("engines/default"), description="engine set folder (with manifest.json)")
     backend: str = Field(
         default="onnxruntime",
-        description="engine backend: onnxruntime, openvino (CPU: bf16 / int8 kernels) or tensorrt "
+        description="engine backend: onnxruntime, openvino (CPU: bf16 / int8 kernels), tensorrt, or triton (a "
+        "Triton Inference Server shared by many daemons: [triton]; docs/scale-out.md) "
         "(inspector.backends.BACKENDS; docs/backends.md)",
     )
     precision: Literal["auto", "f32", "bf16", "int8"] = Field(
@@ -154,6 +155,38 @@ class EnginesConfig(_Section):
         default=True,
         description="tensorrt backend: run the stages as one CUDA-stream schedule (copy and compute streams, "
         "events between stages) instead of one synchronous call per stage",
+    )
+
+
+class TritonConfig(_Section):
+    url: str = Field(
+        default="127.0.0.1:8001",
+        description="triton backend: the Triton server's gRPC address (host:port)",
+    )
+    model_prefix: str = Field(
+        default="",
+        description="triton backend: model names are <model_prefix><stage> (as written by inspector triton-repo --prefix)",
+    )
+    model_version: str = Field(
+        default="", description="triton backend: model version; empty: the server's latest"
+    )
+    timeout_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="triton backend: a request without an answer this long is an error: its frames get ERROR and "
+        "the daemon turns not ready until the server answers again",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="triton backend: how long a start waits for the server's models"
+    )
+    ssl: bool = Field(default=False, description="triton backend: gRPC over TLS")
+    root_certificates: str | None = Field(
+        default=None, description="triton backend: CA bundle (PEM) for TLS; unset: the system's"
+    )
+    headers: list[str] = Field(
+        default_factory=list,
+        description='triton backend: extra request headers, "name: value" each (e.g. an authorization header '
+        "an authenticating proxy in front of Triton checks)",
     )
 
 
@@ -278,6 +311,7 @@ class Settings(BaseSettings):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     ring: RingConfig = Field(default_factory=RingConfig)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    triton: TritonConfig = Field(default_factory=TritonConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
@@ -422,6 +456,8 @@ def render_defaults() -> str:
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, (int, float)):
                 lines.append(f"{key} = {value!r}")
+            elif isinstance(value, list):
+                lines.append(f"{key} = {json.dumps(value)}")
             else:
                 lines.append(f"{key} = {json.dumps(str(value))}")
     return "\n".join(lines) + "\n"

@@ -102,9 +102,14 @@ def find_sinusoids(frame: np.ndarray, max_components: int = MAX_SINUSOIDS) -> li
     return found
 
 
-def _fill_from_valid(img: np.ndarray, valid: np.ndarray, k: int = 9) -> np.ndarray:
-    """Normalised box blur of ``img`` over ``valid`` pixels only (a cheap local estimate where invalid)."""
-    den = cv2.blur(valid.astype(np.float32), (k, k))
+def _fill_from_valid(
+    img: np.ndarray, valid: np.ndarray, k: int = 9, den: np.ndarray | None = None
+) -> np.ndarray:
+    """Normalised box blur of ``img`` over ``valid`` pixels only (a cheap local estimate where invalid).
+
+    ``den``: the blurred mask, when the caller fills over the same mask again (computed once)."""
+    if den is None:
+        den = cv2.blur(valid.astype(np.float32), (k, k))
     num = cv2.blur((img * valid).astype(np.float32), (k, k))
     return np.where(den > 1e-3, num / np.maximum(den, 1e-3), img)
 
@@ -117,27 +122,34 @@ def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
         return frame.copy()
     h, w = frame.shape
     y, x = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
-    cols = []
-    for u, v in freqs:
-        arg = 2 * np.pi * (np.add.outer(v * y / h, u * x / w))
-        cols += [np.sin(arg).ravel(), np.cos(arg).ravel()]
-    basis = np.stack([*cols, np.ones(h * w)], axis=1)
+    basis = np.empty((h * w, 2 * len(freqs) + 1))
+    for c, (u, v) in enumerate(freqs):
+        # sin(a + b) and cos(a + b) of a planar wave from its row and column factors: outer products of
+        # two short vectors instead of a sine and a cosine per pixel (same values to ~1e-15)
+        a, b = 2 * np.pi * v * y / h, 2 * np.pi * u * x / w
+        sa, ca, sb, cb = np.sin(a), np.cos(a), np.sin(b), np.cos(b)
+        basis[:, 2 * c] = (np.outer(sa, cb) + np.outer(ca, sb)).ravel()
+        basis[:, 2 * c + 1] = (np.outer(ca, cb) - np.outer(sa, sb)).ravel()
+    basis[:, -1] = 1.0
     solve = np.linalg.pinv(basis.T @ basis) @ basis.T  # (k, H*W): least squares for a fixed basis
     lo, hi = frame == 0, frame == 255
     clipped = lo | hi
+    any_clipped = bool(clipped.any())
+    valid = ~clipped
+    den = cv2.blur(valid.astype(np.float32), (9, 9)) if any_clipped else None
     observed = n
-    for _ in range(iterations if clipped.any() else 1):
+    for _ in range(iterations if any_clipped else 1):
         coef = solve @ observed.ravel()
         pattern = (basis[:, :-1] @ coef[:-1]).reshape(h, w)
-        if not clipped.any():
+        if not any_clipped:
             break
         # Clipped pixels hide how far the pattern pushed them: impute the part from its unclipped
         # neighbours, add the pattern back, keep it on the clipped side, and refit.
-        guess = _fill_from_valid(n - pattern, ~clipped) + pattern
+        guess = _fill_from_valid(n - pattern, valid, den=den) + pattern
         observed = np.where(lo, np.minimum(guess, 0), np.where(hi, np.maximum(guess, 255), n))
     out = np.clip(np.rint(n - pattern), 0, 255).astype(np.uint8)
-    if clipped.any():
-        out = cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    if any_clipped:
+        return np.asarray(cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA))
     return out
 
 

@@ -117,6 +117,10 @@ class Pipeline:
                         options = dict(engine_options)
                         if backend == "openvino":  # its static-shape models are compiled at the set's size
                             options.setdefault("frame_size", tuple(manifest.stages[s].input.frame_size))
+                        if backend == "triton":  # the server's model must be this manifest's stage
+                            options.update(
+                                sha256=manifest.stages[s].sha256, set_version=manifest.model_version
+                            )
                         engines[s] = open_engine(backend, manifest.stage_path(root, s), s, **options)
                 except BaseException:
                     for e in engines.values():

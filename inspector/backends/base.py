@@ -33,6 +33,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "inspector.backends.onnxruntime:OnnxRuntimeEngine",
     "tensorrt": "inspector.backends.tensorrt:TensorRTEngine",
     "openvino": "inspector.backends.openvino:OpenVinoEngine",
+    "triton": "inspector.backends.triton:TritonEngine",
 }
 
 

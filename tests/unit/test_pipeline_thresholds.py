@@ -31,3 +31,20 @@ def test_single_threshold_without_per_type_ones():
 def test_unknown_noise_type_in_thresholds_is_refused():
     with pytest.raises(ValueError, match="unknown noise type"):
         Pipeline({}, threshold=0.5, thresholds={"speckle": 0.1})
+
+
+def test_onnx_runtime_sessions_do_not_spin():
+    """Three stage sessions in one process, each with its own thread pool: spinning threads of one stage
+    would steal the cores of the next (and of the sinusoid fit, ingest, the publisher). bench/profile.json
+    has the measurement; here the setting itself, on the daemon's own loader path."""
+    from pathlib import Path
+
+    from inspector.pipeline import Pipeline
+
+    repo = Path(__file__).resolve().parents[2]
+    pipe = Pipeline.from_manifest(repo / "engines" / "synthetic")
+    for engine in pipe.engines.values():
+        opts = engine._session.get_session_options()  # type: ignore[attr-defined]
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    pipe.close()

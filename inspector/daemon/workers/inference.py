@@ -46,6 +46,8 @@ def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
         # One static-shape model per batch size the batcher makes (1..max_batch, at most 8).
         static = settings.batching.max_batch if e.static_shapes else 0
         options.update(precision=e.precision, cache_dir=e.cache_dir, static_batches=static)
+    if e.backend == "triton":
+        options.update(settings.triton.model_dump())
     pipe = Pipeline.from_manifest(e.path, backend=e.backend, threshold=e.threshold, **options)
     if e.backend == "tensorrt" and e.cuda_streams:
         from inspector.backends.tensorrt import streamed_pipeline
@@ -223,6 +225,8 @@ class InferenceWorker(Worker):
         self._maybe_reload()
         batch = self._collect()
         if not batch and not self.runner.busy:
+            if getattr(self, "remote_down", False):
+                self._probe_remote()
             return not self.stop_requested
         self._process(batch)
         return True
@@ -269,10 +273,36 @@ class InferenceWorker(Worker):
             # An engine failure rejects that batch; it never kills the worker.
             if isinstance(outcome, Exception):
                 self.log.error("engine failure", error=str(outcome), batch=len(live))
+                if getattr(outcome, "unavailable", False):
+                    self._remote(down=True)
                 for job in live:
                     self._send(job, Verdict.ERROR, f"engine failure: {outcome}")
             else:
+                self._remote(down=False)
                 self._verdicts(live, t_start, outcome, looks)
+
+    def _remote(self, down: bool) -> None:
+        """A remote engine (Triton) stopped answering, or answers again: the daemon is not ready meanwhile
+        (heartbeats say so, bridges fail safe); frames that arrive are still tried and answered ERROR."""
+        if down == getattr(self, "remote_down", False):
+            return
+        self.remote_down = down
+        self.shared.ready.value = 0 if down else 1
+        if down:
+            self.log.error("inference server not answering; not ready until it does")
+        else:
+            self.log.info("inference server answers again; ready")
+
+    def _probe_remote(self) -> None:
+        """While a remote engine is down and no frames come, ask it every half second whether it is back."""
+        now = time.monotonic()
+        if now - getattr(self, "_probed", 0.0) < 0.5:
+            return
+        self._probed = now
+        engines = getattr(self.pipeline, "engines", {})
+        checks = [e.ready for e in engines.values() if hasattr(e, "ready")]
+        if checks and all(check() for check in checks):
+            self._remote(down=False)
 
     def _verdicts(
         self, live: list[Job], t_start: int, results: list[Any], looks: tuple[np.ndarray, np.ndarray]
