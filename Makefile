@@ -87,7 +87,9 @@ demo: $(STAMP) ## run the daemon on the shipped engines, stream the real test ph
 	else echo "make demo: no photographs at '$(DATA)': streaming generated impellers through engines/synthetic (the set trained on them)"; \
 	$(VENV)/bin/inspector demo --engines engines/synthetic; fi
 
-bench: $(STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, for ONNX Runtime and OpenVINO f32/bf16/int8 (JSON + README tables)
+bench: $(STAMP) $(TRITON_STAMP) ## measure the daemon from outside (real photographs with noise added, generated frames without DATA) against a tight batched loop and a per-frame eager loop, for ONNX Runtime and OpenVINO f32/bf16/int8, then where the time goes and the Triton rows (JSON + README / docs tables)
 	$(PY) bench/run.py --data $(if $(wildcard $(DATA)/test),$(DATA),synthetic)
+	@if [ -d "$(DATA)/test" ]; then $(PY) -m bench.profile --data $(DATA) && $(PY) -m bench.triton --data $(DATA) --venv $(TRITON_VENV); \
+	else echo "make bench: no photographs at '$(DATA)': bench.profile and bench.triton need them (skipped)"; fi
 
 .PHONY: help venv install-runtime lint format browser promtool triton test engines engines-synthetic demo bench

@@ -194,6 +194,11 @@ def main() -> int:
             "daemon": daemon,
         }
         print(json.dumps(result["backends"][label], indent=1), flush=True)
+    # ONNX Runtime as it was: each stage session's threads spinning after every run (ORT's default).
+    print("[ONNX Runtime f32, spinning] tight loop taken apart ...", flush=True)
+    pipe = Pipeline.from_manifest(args.engines, spin=True)
+    result["onnxruntime_spinning"] = taken_apart(pipe, arr, 8, args.seconds)
+    pipe.close()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     write_doc(result)
     print(f"written {args.out} and the table in {DOC}")
@@ -217,6 +222,29 @@ def render(r: dict[str, Any]) -> str:
         + " | ".join(f"**{r['backends'][n]['tight']['total_ms_per_frame']:.2f}**" for n in names)
         + " |"
     )
+    for n in names:
+        t = r["backends"][n]["tight"]
+        ms, total = t["ms_per_frame"], t["total_ms_per_frame"]
+        nets = ms["noise"] + ms["denoise"] + ms["defect"]
+        lines.append("")
+        lines.append(
+            f"{n}: the networks take {nets / total:.0%} of the tight loop, the sinusoid fit "
+            f"{ms['sinusoid_fit'] / total:.0%}, the impulse median {ms['adaptive_median'] / total:.1%}, and the rest "
+            f"of `Pipeline.run` (routing, copies, softmax, results) {ms['python'] / total:.1%}."
+        )
+    spun = r.get("onnxruntime_spinning")
+    if spun and "ONNX Runtime f32" in r["backends"]:
+        now = r["backends"]["ONNX Runtime f32"]["tight"]
+        lines += [
+            "",
+            f"ONNX Runtime with its sessions' threads spinning after each run (its default, and this project's "
+            f"until this measurement): {spun['fps']:.1f} frames/s against {now['fps']:.1f} without "
+            f"({now['fps'] / spun['fps']:.2f}x), {spun['cpu_ms_per_frame']:.1f} against {now['cpu_ms_per_frame']:.1f} "
+            f"CPU ms per frame, the sinusoid fit {spun['ms_per_frame']['sinusoid_fit']:.2f} against "
+            f"{now['ms_per_frame']['sinusoid_fit']:.2f} ms per frame: three stage sessions, each with its own "
+            "thread pool, kept the cores busy-waiting while the next stage ran. The sessions no longer spin "
+            "(`inspector/backends/onnxruntime.py`).",
+        ]
     lines += [
         "",
         "The autoencoder's ms per frame at each batch size (Gaussian frames):",
@@ -227,6 +255,24 @@ def render(r: dict[str, Any]) -> str:
     for b in ("1", "2", "4", "8"):
         row = [f"{r['backends'][n]['autoencoder_ms_per_frame_at_batch'][b]:.2f}" for n in names]
         lines.append(f"| {b} | " + " | ".join(row) + " |")
+    ratios = {
+        n: r["backends"][n]["autoencoder_ms_per_frame_at_batch"]["1"]
+        / r["backends"][n]["autoencoder_ms_per_frame_at_batch"]["8"]
+        for n in names
+    }
+    worst = max(ratios.values())
+    lines.append("")
+    lines.append(
+        "Per frame, batch 1 against batch 8: "
+        + "; ".join(f"{n} {x:.2f}x" for n, x in ratios.items())
+        + (
+            " - so waiting to fill the autoencoder's batch would save next to nothing on this CPU, and would add "
+            "the wait to every Gaussian frame's latency: the routes are not batched across daemon batches."
+            if worst < 1.2
+            else f" - batching the route could save up to {1 - 1 / worst:.0%} of the autoencoder's time per frame "
+            "on this CPU, at the cost of the wait: measure the latency before batching it."
+        )
+    )
     roles = ["ingest", "inference", "publisher", "supervisor"]
     lines += [
         "",
@@ -253,6 +299,17 @@ def render(r: dict[str, Any]) -> str:
         + " | ".join(f"{r['backends'][n]['tight']['cpu_ms_per_frame']:.2f}" for n in names)
         + " |"
     )
+    for n in names:
+        lines.append("")
+        cpu = r["backends"][n]["daemon"]["cpu_ms_per_inspected_frame"]
+        others = sum(v for k, v in cpu.items() if k != "inference")
+        d = r["backends"][n]["daemon"]
+        lines.append(
+            f"{n}: fed {d['offered_fps']:.0f} frames/s for the run, the daemon answered {d['verdicts']} frames, "
+            f"{d['inspected']} inspected; its processes besides inference used {others:.2f} ms of CPU per frame "
+            f"({others / sum(cpu.values()):.0%} of the daemon's), inference {cpu['inference']:.1f} ms against the "
+            f"tight loop's {r['backends'][n]['tight']['cpu_ms_per_frame']:.1f} ms."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -100,8 +100,14 @@ def main() -> int:
     srv.start()
     try:
         srv.wait_ready(120)
-        print("[triton] tight loop through Triton ...", flush=True)
-        remote = tight_loop(args.engines, frames, 8, args.seconds, backend="triton", url=srv.grpc_url)
+        print("[triton] tight loop through Triton, tensors in the gRPC messages ...", flush=True)
+        remote = tight_loop(
+            args.engines, frames, 8, args.seconds, backend="triton", url=srv.grpc_url, shared_memory="off"
+        )
+        print("[triton] tight loop through Triton, tensors in system shared memory ...", flush=True)
+        remote_shm = tight_loop(
+            args.engines, frames, 8, args.seconds, backend="triton", url=srv.grpc_url, shared_memory="on"
+        )
         rate = local["fps"]
         sets = ["batching.max_batch=8", "batching.max_delay_ms=10"]
         tsets = [*sets, "engines.backend=triton", f"triton.url={srv.grpc_url}"]
@@ -117,7 +123,9 @@ def main() -> int:
     result |= {
         "tight_in_process": local,
         "tight_through_triton": remote,
+        "tight_through_triton_shm": remote_shm,
         "added_ms_per_batch_of_8": remote["batch_ms_mean"] - local["batch_ms_mean"],
+        "added_ms_per_batch_of_8_shm": remote_shm["batch_ms_mean"] - local["batch_ms_mean"],
         "daemon_in_process": d_local,
         "daemon_through_triton": d_remote,
         "three_daemons_through_triton": three,
@@ -150,6 +158,7 @@ def _rss_mb(srv: Any) -> float:
 def render(r: dict[str, Any]) -> str:
     a, b = r["tight_in_process"], r["tight_through_triton"]
     d1, d2 = r["daemon_in_process"], r["daemon_through_triton"]
+    c = r.get("tight_through_triton_shm")
     lines = [
         f"Measured by `python -m bench.triton` on one {r['cpus']}-CPU host (client, server and daemons on the same "
         f"cores), line mix of real photographs ({r['mix']}), {r['seconds']:g} s per run:",
@@ -157,7 +166,14 @@ def render(r: dict[str, Any]) -> str:
         "| run | frames/s | ms per batch of 8 (mean) | p99 latency ms |",
         "|---|---:|---:|---:|",
         f"| tight loop, in-process (ONNX Runtime) | {a['fps']:.1f} | {a['batch_ms_mean']:.1f} | |",
-        f"| tight loop, every stage through Triton (gRPC) | {b['fps']:.1f} | {b['batch_ms_mean']:.1f} | |",
+        f"| tight loop, every stage through Triton (tensors in gRPC) | {b['fps']:.1f} | {b['batch_ms_mean']:.1f} | |",
+        *(
+            [
+                f"| tight loop, every stage through Triton (tensors in shared memory) | {c['fps']:.1f} | {c['batch_ms_mean']:.1f} | |"
+            ]
+            if c
+            else []
+        ),
         f"| one daemon, in-process, offered {r['offered_fps']:.0f}/s | {d1['goodput_fps']:.1f} | | {d1['latency_ms_p99']:.0f} |",
         f"| one daemon through Triton, offered {r['offered_fps']:.0f}/s | {d2['goodput_fps']:.1f} | | {d2['latency_ms_p99']:.0f} |",
     ]
@@ -169,8 +185,11 @@ def render(r: dict[str, Any]) -> str:
     lines += [
         f"| three daemons together | {r['three_daemons_goodput_fps']:.1f} | | |",
         "",
-        f"Added per batch of 8 through Triton: {r['added_ms_per_batch_of_8']:.1f} ms (three gRPC requests, one per "
-        f"stage). Server resident memory with the three models loaded: {r['server_rss_mb']:.0f} MB.",
+        f"Added per batch of 8 through Triton: {r['added_ms_per_batch_of_8']:.1f} ms with the tensors in the gRPC "
+        "messages"
+        + (f", {r['added_ms_per_batch_of_8_shm']:.1f} ms through shared memory" if c else "")
+        + " (three requests, one per stage). The daemons use shared memory (`triton.shared_memory = auto`: the "
+        f"server is on their host). Server resident memory with the three models loaded: {r['server_rss_mb']:.0f} MB.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -198,6 +198,24 @@ def bench_block(r: dict[str, Any]) -> str:
                     f"| {name} | {label} | {b['tight_loop']['fps']:.1f} fps | {loads} | {p99} | {vs} | "
                     f"{b['gflops_used']:.1f} | {share} |"
                 )
+        best = [
+            (name, label, b["goodput_vs_onnxruntime"])
+            for name, bs in with_backends
+            for label, b in bs.items()
+            if b.get("goodput_vs_onnxruntime") and b.get("precision") != "int8"
+        ]
+        if best:
+            rows += [
+                "",
+                "Against issue #24's target (the default backend's daemon goodput >= 3.5x ONNX Runtime float32's, "
+                "same run; int8 left out: it is another model with its own figures): "
+                + "; ".join(
+                    f"{name}, {label} {x:.2f}x ({_met(x >= 3.5)})"
+                    for name, label, x in best
+                    if "ONNX" not in label
+                )
+                + ".",
+            ]
     if "bridge" in r:
         b = r["bridge"]
         rows += [

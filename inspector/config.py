@@ -179,6 +179,11 @@ class TritonConfig(_Section):
     connect_timeout_s: float = Field(
         default=10.0, gt=0, description="triton backend: how long a start waits for the server's models"
     )
+    shared_memory: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="triton backend: frames and outputs through system shared memory registered with the server "
+        "(it must run on this host); auto: where url is a loopback address",
+    )
     ssl: bool = Field(default=False, description="triton backend: gRPC over TLS")
     root_certificates: str | None = Field(
         default=None, description="triton backend: CA bundle (PEM) for TLS; unset: the system's"

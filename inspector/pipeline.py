@@ -121,6 +121,7 @@ class Pipeline:
                             options.update(
                                 sha256=manifest.stages[s].sha256, set_version=manifest.model_version
                             )
+                            options.setdefault("frame_size", tuple(manifest.stages[s].input.frame_size))
                         engines[s] = open_engine(backend, manifest.stage_path(root, s), s, **options)
                 except BaseException:
                     for e in engines.values():

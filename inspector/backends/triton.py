@@ -14,7 +14,10 @@ Failure semantics of a line:
   with an error raises :class:`RemoteUnavailable` / :class:`~inspector.backends.base.EngineError`, which the
   inference worker turns into ERROR verdicts for that batch (never a PASS, never a hang) and, for
   ``RemoteUnavailable``, into a not-ready daemon until the server answers again (:meth:`TritonEngine.ready`);
-- the gRPC channel reconnects by itself: the same client works again once the server is back.
+- the gRPC channel reconnects by itself: the same client works again once the server is back;
+- where client and server share a host (``triton.shared_memory = auto`` and a loopback URL, or ``on``),
+  frames and outputs go through system shared memory regions registered with the server, not the
+  gRPC message (re-registered after the server restarts).
 
 Needs ``tritonclient[grpc]`` (the ``triton`` extra: ``pip install 'line-inspector[triton]'``).
 """
@@ -22,6 +25,7 @@ Needs ``tritonclient[grpc]`` (the ``triton`` extra: ``pip install 'line-inspecto
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from inspector.backends.base import EngineError
+
+TYPES = {"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8, "TYPE_FP16": np.float16}
 
 
 class RemoteUnavailable(EngineError):
@@ -76,6 +82,9 @@ class TritonEngine:
         sha256: str | None = None,
         set_version: str | None = None,
         connect_timeout_s: float = 10.0,
+        shared_memory: str = "auto",
+        frame_size: tuple[int, int] | None = None,
+        max_batch: int = 8,
         **_ignored: Any,
     ) -> None:
         grpc = _client_module()
@@ -126,6 +135,16 @@ class TritonEngine:
         self.output_name = config["output"][0]["name"]
         self.max_batch = int(config.get("max_batch_size", 0))
         self._closed = False
+        self._out_type = TYPES.get(config["output"][0]["data_type"], np.float32)
+        self._out_dims = [int(d) for d in config["output"][0]["dims"]]
+        host = url.rsplit(":", 1)[0].strip("[]")
+        self.shm = shared_memory == "on" or (
+            shared_memory == "auto" and host in ("127.0.0.1", "localhost", "::1")
+        )
+        self._regions: dict[str, Any] = {}
+        self._registered = False
+        if self.shm:
+            self._make_regions(frame_size, max(max_batch, self.max_batch or 1))
 
     @staticmethod
     def _says(exc: Any) -> str:
@@ -140,35 +159,91 @@ class TritonEngine:
             raise EngineError(
                 f"engine {self.name!r} takes uint8 (N, 1, H, W) frames, got {frames.dtype} {frames.shape}"
             )
-        grpc = self._grpc
         self._refresh()
-        inp = grpc.InferInput(self.input_name, list(frames.shape), "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(frames))
+        frames = np.ascontiguousarray(frames)
+        use_shm = self.shm and frames.nbytes <= self._regions["in"][1]
         try:
-            res = self.client.infer(
-                self.model,
-                [inp],
-                model_version=self.version,
-                outputs=[grpc.InferRequestedOutput(self.output_name)],
-                client_timeout=self.timeout_s,
-                headers=self.headers,
-            )
+            res = self._request(frames, use_shm)
         except self._error as exc:
-            status = str(getattr(exc, "status", lambda: "")() or "")
-            if any(s in status for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")):
-                self._stale = True
-                raise RemoteUnavailable(
-                    f"Triton at {self.url} did not answer stage {self.name!r} ({frames.shape[0]} frames): "
-                    f"{self._says(exc)}"
-                ) from exc
-            raise EngineError(f"Triton at {self.url}: stage {self.name!r} failed: {self._says(exc)}") from exc
-        out = res.as_numpy(self.output_name)
+            if not (use_shm and "shared memory" in self._says(exc).lower()):
+                raise self._failure(exc, frames) from exc
+            # The server restarted and forgot this client's regions: register them again, once.
+            self._registered = False
+            try:
+                res = self._request(frames, use_shm)
+            except self._error as again:
+                raise self._failure(again, frames) from again
+        if use_shm:
+            shape = [int(d) for d in res.get_output(self.output_name).shape]
+            out = np.array(self._shm.get_contents_as_numpy(self._regions["out"][0], self._out_type, shape))
+        else:
+            out = res.as_numpy(self.output_name)
         if out is None or out.shape[0] != frames.shape[0]:
             raise EngineError(
                 f"Triton at {self.url}: stage {self.name!r} returned "
                 f"{None if out is None else out.shape} for {frames.shape[0]} frames"
             )
         return np.asarray(out)
+
+    def _request(self, frames: np.ndarray, use_shm: bool) -> Any:
+        grpc = self._grpc
+        inp = grpc.InferInput(self.input_name, list(frames.shape), "UINT8")
+        out = grpc.InferRequestedOutput(self.output_name)
+        if use_shm:
+            self._register()
+            self._shm.set_shared_memory_region(self._regions["in"][0], [frames])
+            inp.set_shared_memory(self._regions["in"][2], frames.nbytes)
+            out.set_shared_memory(self._regions["out"][2], self._regions["out"][1])
+        else:
+            inp.set_data_from_numpy(frames)
+        return self.client.infer(
+            self.model,
+            [inp],
+            model_version=self.version,
+            outputs=[out],
+            client_timeout=self.timeout_s,
+            headers=self.headers,
+        )
+
+    def _failure(self, exc: Any, frames: np.ndarray) -> EngineError:
+        status = str(getattr(exc, "status", lambda: "")() or "")
+        if any(s in status for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")):
+            self._stale = True
+            return RemoteUnavailable(
+                f"Triton at {self.url} did not answer stage {self.name!r} ({frames.shape[0]} frames): "
+                f"{self._says(exc)}"
+            )
+        return EngineError(f"Triton at {self.url}: stage {self.name!r} failed: {self._says(exc)}")
+
+    def _make_regions(self, frame_size: tuple[int, int] | None, batch: int) -> None:
+        """System shared memory for one batch in and one batch out (the client and server share a host)."""
+        import tritonclient.utils.shared_memory as shm
+
+        self._shm = shm
+        h, w = frame_size or (0, 0)
+        if not h:
+            raise EngineError(f"triton shared memory for stage {self.name!r} needs the set's frame size")
+        dims = [
+            d if d > 0 else s for d, s in zip(self._out_dims, [1, h, w][-len(self._out_dims) :], strict=False)
+        ]
+        out_bytes = batch * int(np.prod(dims)) * np.dtype(self._out_type).itemsize
+        tag = f"li-{os.getpid()}-{id(self):x}-{self.name}"
+        for kind, size in (("in", batch * h * w), ("out", out_bytes)):
+            name = f"{tag}-{kind}"
+            self._regions[kind] = (shm.create_shared_memory_region(name, "/" + name, size), size, name)
+
+    def _register(self) -> None:
+        if self._registered:
+            return
+        for _handle, size, name in self._regions.values():
+            with contextlib.suppress(self._error):
+                self.client.unregister_system_shared_memory(
+                    name, headers=self.headers, client_timeout=self.timeout_s
+                )
+            self.client.register_system_shared_memory(
+                name, "/" + name, size, headers=self.headers, client_timeout=self.timeout_s
+            )
+        self._registered = True
 
     def ready(self) -> bool:
         """Is the server up with this stage's model ready? (asked while the daemon is not ready)"""
@@ -188,6 +263,7 @@ class TritonEngine:
         exponential reconnect backoff (seconds to minutes) before it tries again; a new one tries at once."""
         if self._stale:
             self._stale = False
+            self._registered = False  # a server that was away may have restarted without our regions
             old, self.client = self.client, self._grpc.InferenceServerClient(self.url, **self._channel)
             with contextlib.suppress(Exception):  # a channel to a dead server: nothing to release
                 old.close()
@@ -202,5 +278,11 @@ class TritonEngine:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            for handle, _size, name in self._regions.values():
+                with contextlib.suppress(Exception):  # the server may be gone: the region is ours to free
+                    self.client.unregister_system_shared_memory(name, headers=self.headers, client_timeout=1)
+                with contextlib.suppress(Exception):
+                    self._shm.destroy_shared_memory_region(handle)
+            self._regions.clear()
             with contextlib.suppress(Exception):  # closing a channel to a dead server: nothing to release
                 self.client.close()

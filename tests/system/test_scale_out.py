@@ -206,14 +206,18 @@ def test_a_daemon_refuses_a_server_whose_models_are_another_engine_set(
         Pipeline.from_manifest(
             other, backend="triton", verify=False, url=server.grpc_url, connect_timeout_s=5
         )
-    # and the set it was written from connects and runs
-    pipe = Pipeline.from_manifest(tiny_engines, backend="triton", url=server.grpc_url)
-    local = Pipeline.from_manifest(tiny_engines)
+    # and the set it was written from connects and runs, with the tensors in the gRPC messages or in
+    # system shared memory, with the same results as in-process
     from inspector.tools.synthetic import ImpellerGenerator
 
     frames = ImpellerGenerator(seed=3).batch(0, 4)[0]
-    a, b = pipe.run(frames), local.run(frames)
-    assert [r.noise_type for r in a] == [r.noise_type for r in b]
-    assert max(abs(x.score - y.score) for x, y in zip(a, b, strict=True)) < 1e-6
-    pipe.close()
+    local = Pipeline.from_manifest(tiny_engines)
+    want = local.run(frames)
+    for shm in ("off", "on"):
+        pipe = Pipeline.from_manifest(tiny_engines, backend="triton", url=server.grpc_url, shared_memory=shm)
+        assert all(e.shm == (shm == "on") for e in pipe.engines.values())
+        got = pipe.run(frames)
+        assert [r.noise_type for r in got] == [r.noise_type for r in want]
+        assert max(abs(x.score - y.score) for x, y in zip(got, want, strict=True)) < 1e-6
+        pipe.close()
     local.close()

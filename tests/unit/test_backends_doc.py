@@ -82,3 +82,14 @@ def test_the_agreement_figures_quoted_are_the_measured_ones():
     assert f"{n['identical']}/{n['frames']} identical" in DOC
     i8 = RUNS["int8 set, OpenVINO int8"]["agreement"]
     assert f"at most {i8['denoise']['max_grey_levels']}" in DOC
+
+
+def test_where_the_time_goes_is_bench_profile_json():
+    """docs/backends.md's profile tables and sentences are ``python -m bench.profile --render``'s output."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from bench.profile import BEGIN, END, render
+
+    block = DOC.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert block.strip() == render(json.loads((REPO / "bench" / "profile.json").read_text())).strip()

@@ -47,7 +47,7 @@ def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
         static = settings.batching.max_batch if e.static_shapes else 0
         options.update(precision=e.precision, cache_dir=e.cache_dir, static_batches=static)
     if e.backend == "triton":
-        options.update(settings.triton.model_dump())
+        options.update(settings.triton.model_dump(), max_batch=settings.batching.max_batch)
     pipe = Pipeline.from_manifest(e.path, backend=e.backend, threshold=e.threshold, **options)
     if e.backend == "tensorrt" and e.cuda_streams:
         from inspector.backends.tensorrt import streamed_pipeline
