@@ -119,18 +119,9 @@ class TritonEngine:
                         f"{self._says(exc)}"
                     ) from exc
                 time.sleep(0.2)
-        params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
-        if sha256 is not None and params.get("engine_sha256") != sha256:
-            raise EngineError(
-                f"Triton at {url}: model {self.model!r} serves engine sha256 {params.get('engine_sha256')!r}, "
-                f"but this daemon's manifest says {sha256!r} for stage {name!r}: another engine set. Write the "
-                "server's repository from this set (inspector triton-repo) or point the daemon at its set"
-            )
-        if set_version is not None and params.get("model_version") not in (None, set_version):
-            raise EngineError(
-                f"Triton at {url}: model {self.model!r} is from engine set {params.get('model_version')!r}, "
-                f"this daemon runs {set_version!r}"
-            )
+        self._sha256, self._set_version = sha256, set_version
+        self._check_identity(config)
+        self._verify = False  # set after an outage: the server that comes back is checked again
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.max_batch = int(config.get("max_batch_size", 0))
@@ -160,6 +151,7 @@ class TritonEngine:
                 f"engine {self.name!r} takes uint8 (N, 1, H, W) frames, got {frames.dtype} {frames.shape}"
             )
         self._refresh()
+        self._reverify()
         frames = np.ascontiguousarray(frames)
         use_shm = self.shm and frames.nbytes <= self._regions["in"][1]
         try:
@@ -245,16 +237,49 @@ class TritonEngine:
             )
         self._registered = True
 
+    def _check_identity(self, config: dict[str, Any]) -> None:
+        """The served model must be this manifest's stage (sha256) of this engine set (model version)."""
+        params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+        if self._sha256 is not None and params.get("engine_sha256") != self._sha256:
+            raise EngineError(
+                f"Triton at {self.url}: model {self.model!r} serves engine sha256 {params.get('engine_sha256')!r}, "
+                f"but this daemon's manifest says {self._sha256!r} for stage {self.name!r}: another engine set. "
+                "Write the server's repository from this set (inspector triton-repo) or point the daemon at its set"
+            )
+        if self._set_version is not None and params.get("model_version") not in (None, self._set_version):
+            raise EngineError(
+                f"Triton at {self.url}: model {self.model!r} is from engine set {params.get('model_version')!r}, "
+                f"this daemon runs {self._set_version!r}"
+            )
+
+    def _reverify(self) -> None:
+        """After an outage, before the first request: the server that answers may have been restarted with
+        another repository; it must still serve this manifest's stage, else it stays unusable (not ready)."""
+        if not self._verify:
+            return
+        try:
+            config = self.client.get_model_config(
+                self.model, self.version, headers=self.headers, as_json=True, client_timeout=self.timeout_s
+            )["config"]
+            self._check_identity(config)
+        except self._error as exc:
+            self._stale = True
+            raise RemoteUnavailable(f"Triton at {self.url}: model {self.model!r}: {self._says(exc)}") from exc
+        except EngineError as exc:
+            raise RemoteUnavailable(str(exc)) from exc
+        self._verify = False
+
     def ready(self) -> bool:
-        """Is the server up with this stage's model ready? (asked while the daemon is not ready)"""
+        """Is the server up with this stage's model - this manifest's - ready? (asked while not ready)"""
         self._refresh()
         try:
+            self._reverify()
             return bool(
                 self.client.is_model_ready(
                     self.model, self.version, headers=self.headers, client_timeout=self.timeout_s
                 )
             )
-        except self._error:
+        except (self._error, RemoteUnavailable):
             self._stale = True
             return False
 
@@ -263,6 +288,7 @@ class TritonEngine:
         exponential reconnect backoff (seconds to minutes) before it tries again; a new one tries at once."""
         if self._stale:
             self._stale = False
+            self._verify = True
             self._registered = False  # a server that was away may have restarted without our regions
             old, self.client = self.client, self._grpc.InferenceServerClient(self.url, **self._channel)
             with contextlib.suppress(Exception):  # a channel to a dead server: nothing to release
