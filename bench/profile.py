@@ -19,7 +19,6 @@ docs/backends.md from it (checked by tests/unit/test_backends_doc.py). Not a tes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import DEFAULT_DATA, MIXES, REPO, _camera, frames_for, running_daemon
+from bench.run import DEFAULT_DATA, MIXES, REPO, _camera, frames_for, replace_block, running_daemon
 from inspector import denoise
 from inspector.pipeline import Pipeline
 
@@ -114,18 +113,7 @@ def daemon_apart(
 ) -> dict[str, Any]:
     """(c): CPU seconds per inspected frame of each daemon process, fed at ``rate`` for ``seconds``."""
 
-    def children(pid: int) -> list[int]:
-        out = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                out += [int(c) for c in (task / "children").read_text().split()]
-        return out
-
-    def title(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return ""
+    from inspector.tools.procs import children, title
 
     with running_daemon(engines, sets) as (proc, lst, ingest, _publish):
         roles = {}
@@ -314,10 +302,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def write_doc(r: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{render(r)}{END}{tail}")
+    replace_block(DOC, BEGIN, END, render(r))
 
 
 if __name__ == "__main__":

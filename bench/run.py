@@ -656,6 +656,14 @@ def main() -> int:
     return 0
 
 
+def replace_block(doc: Path, begin: str, end: str, body: str) -> None:
+    """Rewrite the generated block between the ``begin`` and ``end`` markers of ``doc`` with ``body``."""
+    text = doc.read_text()
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body}{end}{tail}")
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository where it lies inside it: results carry no machine's folders."""
     try:

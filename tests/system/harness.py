@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,22 +20,7 @@ import zmq
 from inspector.bridges.modbus import CAMERA_BASE, ENTRY_BASE, ENTRY_WORDS
 from inspector.protocol import encode_frame
 from inspector.tools.listen import Listener
-
-
-def children(pid: int) -> list[int]:
-    """Direct child pids of ``pid`` (from /proc)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
+from inspector.tools.procs import children, title
 
 
 def rss_mb(pid: int) -> float:

@@ -170,7 +170,7 @@ def test_daemons_share_one_triton_server_and_fail_closed_when_it_dies(
             60,
             "every daemon ready again",
         )
-        stream_all(200, 10, 20)
+        stream_all(200, 10, 10)
         for name, d in daemons.items():
             d.wait_verdicts(90, 90)
             got = assert_exactly_one(d.verdicts, sent[name])

@@ -108,6 +108,8 @@ class InferenceWorker(Worker):
         self.keep_inspected = self.settings.archive.dir is not None  # resolved by the supervisor
         self._loader: threading.Thread | None = None
         self._loaded: tuple[Settings, Any] | None = None
+        self.remote_down = False  # a remote engine (Triton) stopped answering: not ready until it does
+        self._probed = 0.0
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
         self.per_frame_ns = self._warm_up(self.pipeline)
         self.shared.service_ns.value = self.per_frame_ns
@@ -225,7 +227,7 @@ class InferenceWorker(Worker):
         self._maybe_reload()
         batch = self._collect()
         if not batch and not self.runner.busy:
-            if getattr(self, "remote_down", False):
+            if self.remote_down:
                 self._probe_remote()
             return not self.stop_requested
         self._process(batch)
@@ -284,7 +286,7 @@ class InferenceWorker(Worker):
     def _remote(self, down: bool) -> None:
         """A remote engine (Triton) stopped answering, or answers again: the daemon is not ready meanwhile
         (heartbeats say so, bridges fail safe); frames that arrive are still tried and answered ERROR."""
-        if down == getattr(self, "remote_down", False):
+        if down == self.remote_down:
             return
         self.remote_down = down
         self.shared.ready.value = 0 if down else 1
@@ -296,7 +298,7 @@ class InferenceWorker(Worker):
     def _probe_remote(self) -> None:
         """While a remote engine is down and no frames come, ask it every half second whether it is back."""
         now = time.monotonic()
-        if now - getattr(self, "_probed", 0.0) < 0.5:
+        if now - self._probed < 0.5:
             return
         self._probed = now
         engines = getattr(self.pipeline, "engines", {})
