@@ -55,7 +55,8 @@ promtool: ## Debian's prometheus package, for promtool's check of deploy/prometh
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing prometheus (apt-get) for promtool's check of deploy/prometheus"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+		|| echo "note: apt-get could not install prometheus: deploy/prometheus gets a schema check only"; \
 	else echo "note: no promtool and not root: deploy/prometheus gets a schema check only (sudo apt-get install prometheus)"; fi
 
 # The shared inference tier's server: nvidia-pytriton's tritonserver (python backend) in a venv of its own, because

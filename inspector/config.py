@@ -174,15 +174,20 @@ class TritonConfig(_Section):
         default=1000.0,
         gt=0,
         description="triton backend: a request without an answer this long is an error: its frames get ERROR and "
-        "the daemon turns not ready until the server answers again",
+        "the daemon turns not ready until the server answers again. A batch's requests together get at most half "
+        "of supervisor.hang_timeout_s",
     )
     connect_timeout_s: float = Field(
-        default=10.0, gt=0, description="triton backend: how long a start waits for the server's models"
+        default=10.0,
+        gt=0,
+        description="triton backend: how long a start waits for the server's models; past it the daemon starts "
+        "not ready (every frame ERROR) and becomes ready when the server answers",
     )
-    shared_memory: Literal["auto", "on", "off"] = Field(
-        default="auto",
+    shared_memory: Literal["on", "off"] = Field(
+        default="off",
         description="triton backend: frames and outputs through system shared memory registered with the server "
-        "(it must run on this host); auto: where url is a loopback address",
+        "(it must run on this host and share its /dev/shm; refused registration falls back to gRPC). Off by "
+        "default: what it saved on this project's host was within the spread of the gRPC messages (docs/scale-out.md)",
     )
     ssl: bool = Field(default=False, description="triton backend: gRPC over TLS")
     root_certificates: str | None = Field(

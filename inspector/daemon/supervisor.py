@@ -118,6 +118,7 @@ class Supervisor:
             progress=self.ctx.RawValue("Q", 0),
             processed=self.ctx.RawValue("Q", 0),
             ready=self.ctx.RawValue("i", 0),
+            loaded=self.ctx.RawValue("i", 0),
             next_ticket=self.ctx.RawValue("Q", 0),
             reload_gen=self.ctx.RawValue("Q", 0),
             ingest_gen=self.ctx.RawValue("Q", 0),
@@ -194,8 +195,11 @@ class Supervisor:
         self.log.info("worker started", worker=role, pid=p.pid)
 
     def _wait_ready(self) -> None:
+        """Until the inference worker has its engines. With a remote tier (Triton) that is down it starts
+        loaded but not ready: the daemon comes up, answers every frame ERROR and says not ready until the
+        tier answers (a line host must not exit - and be given up by systemd - because the tier is away)."""
         deadline = time.monotonic() + self.settings.supervisor.ready_timeout_s
-        while not self.shared.ready.value:
+        while not self.shared.loaded.value:
             if not self.procs["inference"].is_alive():
                 raise DaemonError(
                     f"the inference worker exited (code {self.procs['inference'].exitcode}) while loading engines; see its log above"
@@ -321,7 +325,7 @@ class Supervisor:
                 p.join(1)
         if self.restarting is not None:
             role, deadline = self.restarting
-            if self.shared.ready.value:
+            if self.shared.loaded.value:
                 self.log.info("inference worker back", pid=self.procs[role].pid)
                 self.restarting = None
             elif time.monotonic() > deadline and self.procs[role].is_alive():
@@ -353,6 +357,7 @@ class Supervisor:
             self.m.restarts.labels(role).inc()
             if role == "inference":
                 self.shared.ready.value = 0
+                self.shared.loaded.value = 0
                 self._abandon_reload("the inference worker restarted while loading it")
                 CONTROL.send(self.control, WorkerDied(role))
                 self._spawn("inference")

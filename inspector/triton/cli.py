@@ -75,6 +75,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument(
+        "--model-control",
+        choices=("none", "explicit"),
+        default="none",
+        help="none: the repository's models, fixed; explicit: all loaded at start, and load / unload requests "
+        "accepted (roll a new engine set through without a restart) (default: %(default)s)",
+    )
 
 
 def run(args: Any) -> int:

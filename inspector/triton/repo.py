@@ -102,6 +102,35 @@ def _pbtxt_tensors(key: str, tensors: list[dict[str, Any]]) -> str:
     return f"{key} [ {items} ]"
 
 
+def _profiles(profiles: list[str] | None) -> str:
+    """TensorRT: every optimization profile of the plan available to the instances (Triton's default is
+    profile 0 alone, which would refuse the batches of the other range)."""
+    return (", profile: [ " + ", ".join(f'"{p}"' for p in profiles) + " ]") if profiles else ""
+
+
+def _plan_record(engines: Path, stage: str, entry: Any) -> dict[str, Any]:
+    """The stage's record in ``<set>/tensorrt/plans.json``: built from this set's file, plan intact."""
+    meta_path = engines / "tensorrt" / "plans.json"
+    plan = engines / "tensorrt" / f"{stage}.plan"
+    if not plan.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{plan if not plan.is_file() else meta_path} does not exist: build the set's TensorRT plans on "
+            f"the GPU host first (inspector rebuild --engines {engines}), then write the repository there"
+        )
+    records = {r["stage"]: r for r in json.loads(meta_path.read_text()).get("plans", [])}
+    rec = records.get(stage)
+    if rec is None:
+        raise ValueError(f"{meta_path} has no plan for stage {stage!r}: rebuild (inspector rebuild)")
+    if rec.get("onnx_sha256") != entry.sha256:
+        raise ValueError(
+            f"{plan} was built from another engine file than this set's {stage!r} (plans.json onnx_sha256 "
+            f"{rec.get('onnx_sha256')!r}, manifest {entry.sha256!r}): rebuild (inspector rebuild)"
+        )
+    if rec.get("sha256") != _sha(plan):
+        raise ValueError(f"{plan} is not the plan plans.json records (sha256): rebuild (inspector rebuild)")
+    return rec
+
+
 def config_pbtxt(
     name: str,
     platform: str,
@@ -112,6 +141,7 @@ def config_pbtxt(
     queue_delay_us: int,
     instances: int,
     gpu: bool,
+    profiles: list[str] | None = None,
 ) -> str:
     head = {
         "python": 'backend: "python"',
@@ -127,7 +157,7 @@ def config_pbtxt(
         _pbtxt_tensors("input", inputs),
         _pbtxt_tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
-        f"instance_group [ {{ kind: {kind}, count: {instances} }} ]",
+        f"instance_group [ {{ kind: {kind}, count: {instances}{_profiles(profiles)} }} ]",
         "parameters [ "
         + ", ".join(
             f'{{ key: "{k}", value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items()
@@ -171,15 +201,18 @@ def write_repo(
             "model_version": manifest.model_version,
             "frame_size": json.dumps(size),
         }
+        profiles = None
         if platform == "tensorrt":
-            plan = engines / "tensorrt" / f"{stage}.plan"
-            if not plan.is_file():
-                raise FileNotFoundError(
-                    f"{plan} does not exist: build the set's TensorRT plans on the GPU host first "
-                    f"(inspector rebuild --engines {engines}), then write the repository there"
+            rec = _plan_record(engines, stage, entry)
+            plan_max = max(int(hi) for _lo, _opt, hi in rec["profiles"])
+            if max_batch > plan_max:
+                raise ValueError(
+                    f"--max-batch {max_batch} is more than the plans take ({plan_max}): rebuild them for it "
+                    f"(inspector rebuild --max-batch {max_batch}) or write the repository with --max-batch {plan_max}"
                 )
-            shutil.copyfile(plan, folder / "model.plan")
-            params["plan_sha256"] = _sha(plan)
+            profiles = [str(i) for i in range(len(rec["profiles"]))]
+            shutil.copyfile(engines / "tensorrt" / f"{stage}.plan", folder / "model.plan")
+            params["plan_sha256"] = rec["sha256"]
         else:
             shutil.copyfile(src, folder / "model.onnx")
         if platform == "python":
@@ -200,6 +233,7 @@ def write_repo(
             queue_delay_us,
             instances,
             platform == "tensorrt",
+            profiles,
         )
         (out / name / "config.pbtxt").write_text(text)
         names.append(name)
@@ -212,8 +246,20 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
+def parse_config(text: str) -> Any:
+    """config.pbtxt parsed as Triton's own ``ModelConfig`` protobuf (what the server parses): a typo, an
+    unknown field or a wrong type fails here, not at the server. ``None`` without tritonclient."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return None
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def validate_repo(repo: Path, engines: Path, platform: str, prefix: str = "") -> list[str]:
-    """Problems with a written repository, without a server: each model's files and config against the set."""
+    """Problems with a written repository, without a server: each model's files and config against the set
+    (the config parsed as Triton's ModelConfig where tritonclient is installed)."""
     manifest = load_manifest(engines)
     problems = []
     for stage, entry in manifest.stages.items():
@@ -227,6 +273,32 @@ def validate_repo(repo: Path, engines: Path, platform: str, prefix: str = "") ->
             problems.append(f"{cfg}: name is not {prefix}{stage!r}")
         if f'"{entry.sha256}"' not in text:
             problems.append(f"{cfg}: engine_sha256 is not the manifest's")
+        try:
+            parsed = parse_config(text)
+        except Exception as exc:  # text_format.ParseError: what the server would refuse to load
+            problems.append(f"{cfg}: not a valid Triton ModelConfig: {exc}")
+            parsed = None
+        if parsed is not None:
+            params = {k: v.string_value for k, v in parsed.parameters.items()}
+            if (
+                params.get("engine_sha256") != entry.sha256
+                or params.get("model_version") != manifest.model_version
+            ):
+                problems.append(f"{cfg}: parameters engine_sha256 / model_version are not the manifest's")
+            dims = list(parsed.input[0].dims) if parsed.input else []
+            if dims != [1, *entry.input.frame_size]:
+                problems.append(f"{cfg}: input dims {dims} are not [1, {entry.input.frame_size}]")
+            if platform == "tensorrt":
+                try:
+                    rec = _plan_record(engines, stage, entry)
+                except (OSError, ValueError) as exc:
+                    problems.append(str(exc))
+                else:
+                    want = [str(i) for i in range(len(rec["profiles"]))]
+                    if any(list(g.profile) != want for g in parsed.instance_group):
+                        problems.append(f"{cfg}: instance groups do not offer the plan's profiles {want}")
+                    if params.get("plan_sha256") != rec["sha256"]:
+                        problems.append(f"{cfg}: plan_sha256 is not plans.json's")
         need = {
             "python": ["model.py", "model.onnx"],
             "onnxruntime": ["model.onnx"],
@@ -238,4 +310,13 @@ def validate_repo(repo: Path, engines: Path, platform: str, prefix: str = "") ->
         onnx = folder / "1" / "model.onnx"
         if platform != "tensorrt" and onnx.is_file() and _sha(onnx) != entry.sha256:
             problems.append(f"{folder}/1/model.onnx is not the manifest's file")
+        plan = folder / "1" / "model.plan"
+        recorded = {k: v.string_value for k, v in parsed.parameters.items()} if parsed is not None else {}
+        if (
+            platform == "tensorrt"
+            and plan.is_file()
+            and parsed is not None
+            and _sha(plan) != recorded.get("plan_sha256")
+        ):
+            problems.append(f"{plan} is not the plan its config records")
     return problems

@@ -74,8 +74,10 @@ def command(
     grpc: int = 8001,
     metrics: int = 8002,
     verbose: int = 0,
+    control: str = "none",
 ) -> tuple[list[str], dict[str, str]]:
-    """The tritonserver command line and environment."""
+    """The tritonserver command line and environment. ``control``: ``none`` (every model of the repository,
+    fixed) or ``explicit`` (all loaded at start; load / unload requests accepted: rolling a set through)"""
     facts = venv_facts(venv)
     site = Path(facts["site"])
     backends = stage_backends(facts, work)
@@ -88,7 +90,11 @@ def command(
         f"--model-repository={repo.resolve()}",
         f"--backend-directory={backends.resolve()}",
         f"--cache-directory={site / 'pytriton' / 'tritonserver' / 'caches'}",
-        "--model-control-mode=none",
+        *(
+            ["--model-control-mode=explicit", "--load-model=*"]
+            if control == "explicit"
+            else ["--model-control-mode=none"]
+        ),
         f"--http-port={http}",
         f"--grpc-port={grpc}",
         f"--metrics-port={metrics}",
@@ -104,9 +110,17 @@ class LocalServer:
     """A tritonserver process: ``start()``, ``wait_ready()``, ``kill()``, ``stop()``."""
 
     def __init__(
-        self, venv: Path, repo: Path, work: Path, http: int, grpc: int, metrics: int, log: Path | None = None
+        self,
+        venv: Path,
+        repo: Path,
+        work: Path,
+        http: int,
+        grpc: int,
+        metrics: int,
+        log: Path | None = None,
+        control: str = "none",
     ) -> None:
-        self.venv, self.repo, self.work = venv, repo, work
+        self.venv, self.repo, self.work, self.control = venv, repo, work, control
         self.ports = {"http": http, "grpc": grpc, "metrics": metrics}
         self.log_path = log or work / "tritonserver.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -116,7 +130,7 @@ class LocalServer:
         return f"127.0.0.1:{self.ports['grpc']}"
 
     def start(self) -> LocalServer:
-        cmd, env = command(self.venv, self.repo, self.work, **self.ports)
+        cmd, env = command(self.venv, self.repo, self.work, **self.ports, control=self.control)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -171,7 +185,15 @@ class LocalServer:
 
 def main(args: Any) -> int:
     """``inspector triton-server``: run the server in the foreground until SIGTERM / Ctrl-C."""
-    cmd, env = command(args.venv, args.repo, args.work, args.http_port, args.grpc_port, args.metrics_port)
+    cmd, env = command(
+        args.venv,
+        args.repo,
+        args.work,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        control=args.model_control,
+    )
     print(f"tritonserver: repository {args.repo}, gRPC :{args.grpc_port}, HTTP :{args.http_port}, "
           f"metrics :{args.metrics_port}", flush=True)  # fmt: skip
     os.execve(cmd[0], cmd, env)

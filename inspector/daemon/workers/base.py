@@ -33,7 +33,10 @@ class Shared:
 
     progress: Any  # RawValue('Q'): inference loop iterations (pipeline progress for the watchdog)
     processed: Any  # RawValue('Q'): frames inferred
-    ready: Any  # RawValue('i'): 1 when the inference engines are loaded and warm
+    ready: Any  # RawValue('i'): 1 when the inference engines are loaded and warm (and a remote tier answers)
+    loaded: (
+        Any  # RawValue('i'): 1 once the inference worker has its engines (ready may be 0: a remote tier down)
+    )
     next_ticket: Any  # RawValue('Q'): ingest's ticket counter, survives ingest restarts
     reload_gen: Any  # RawValue('Q'): bumped by the supervisor on SIGHUP
     ingest_gen: Any  # RawValue('Q'): bumped by the supervisor before each ingest (re)start

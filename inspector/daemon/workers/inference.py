@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from inspector.backends.base import EngineError
 from inspector.config import Settings
 from inspector.daemon import metrics
 from inspector.daemon.messages import JOBS, RESULTS, Inspection, Job, Outcome
@@ -47,7 +48,8 @@ def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
         static = settings.batching.max_batch if e.static_shapes else 0
         options.update(precision=e.precision, cache_dir=e.cache_dir, static_batches=static)
     if e.backend == "triton":
-        options.update(settings.triton.model_dump(), max_batch=settings.batching.max_batch)
+        # offline_ok: a tier that is down at start leaves the daemon loaded but not ready, not exited
+        options.update(settings.triton.model_dump(), max_batch=settings.batching.max_batch, offline_ok=True)
     pipe = Pipeline.from_manifest(e.path, backend=e.backend, threshold=e.threshold, **options)
     if e.backend == "tensorrt" and e.cuda_streams:
         from inspector.backends.tensorrt import streamed_pipeline
@@ -111,16 +113,26 @@ class InferenceWorker(Worker):
         self.remote_down = False  # a remote engine (Triton) stopped answering: not ready until it does
         self._probed = 0.0
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
-        self.per_frame_ns = self._warm_up(self.pipeline)
+        try:
+            self.per_frame_ns = self._warm_up(self.pipeline)
+        except EngineError as exc:
+            if not getattr(exc, "unavailable", False):
+                raise
+            # The remote tier is away at start: loaded, not ready; the probe brings the daemon up when it
+            # answers, and admission works from measured batches from then on.
+            self.log.error("inference server not answering at start; not ready until it does", error=str(exc))
+            self.per_frame_ns = 0
+            self.remote_down = True
         self.shared.service_ns.value = self.per_frame_ns
         self.runner: BatchRunner[tuple[list[Job], int, tuple[np.ndarray, np.ndarray]]] = BatchRunner(
             self.pipeline
         )
         self.model_version = self.pipeline.manifest.model_version if self.pipeline.manifest else "unknown"
         self.m.model.labels(self.model_version, self.settings.engines.backend).set(1)
-        self.shared.ready.value = 1
+        self.shared.ready.value = 0 if self.remote_down else 1
+        self.shared.loaded.value = 1
         self.log.info(
-            "engines ready",
+            "engines loaded" if self.remote_down else "engines ready",
             model_version=self.model_version,
             threshold=self.pipeline.threshold,
             thresholds=self.pipeline.thresholds,
@@ -264,6 +276,7 @@ class InferenceWorker(Worker):
             # Brightness and contrast per frame, for camera health (about a millisecond a batch).
             flat = frames.reshape(len(frames), -1)
             looks = (flat.mean(axis=1), flat.std(axis=1))
+            self._arm_remote()
             self._publish(self.runner.step(frames, (live, t_start, looks)))
         elif self.runner.busy:
             self._publish(self.runner.step(None))
@@ -303,8 +316,17 @@ class InferenceWorker(Worker):
         self._probed = now
         engines = getattr(self.pipeline, "engines", {})
         checks = [e.ready for e in engines.values() if hasattr(e, "ready")]
+        self._arm_remote()
         if checks and all(check() for check in checks):
             self._remote(down=False)
+
+    def _arm_remote(self) -> None:
+        """A batch's (or a probe's) remote calls together get half the hang timeout: a slow tier answers
+        ERROR for the batch and turns the daemon not ready, it never gets this worker killed as hung."""
+        end = time.monotonic() + 0.5 * self.settings.supervisor.hang_timeout_s
+        for engine in getattr(self.pipeline, "engines", {}).values():
+            if hasattr(engine, "deadline"):
+                engine.deadline = end
 
     def _verdicts(
         self, live: list[Job], t_start: int, results: list[Any], looks: tuple[np.ndarray, np.ndarray]
