@@ -114,13 +114,8 @@ def _fill_from_valid(
     return np.where(den > 1e-3, num / np.maximum(den, 1e-3), img)
 
 
-def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
-    """Remove periodic interference from a (H, W) uint8 frame; frames without any come back unchanged."""
-    n = frame.astype(np.float64)
-    freqs = find_sinusoids(n)
-    if not freqs:
-        return frame.copy()
-    h, w = frame.shape
+def _planar_basis(freqs: list[tuple[float, float]], h: int, w: int) -> np.ndarray:
+    """(H*W, 2k+1): sin and cos of each planar wave, and a constant."""
     y, x = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     basis = np.empty((h * w, 2 * len(freqs) + 1))
     for c, (u, v) in enumerate(freqs):
@@ -131,26 +126,76 @@ def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
         basis[:, 2 * c] = (np.outer(sa, cb) + np.outer(ca, sb)).ravel()
         basis[:, 2 * c + 1] = (np.outer(ca, cb) - np.outer(sa, sb)).ravel()
     basis[:, -1] = 1.0
-    solve = np.linalg.pinv(basis.T @ basis) @ basis.T  # (k, H*W): least squares for a fixed basis
+    return basis
+
+
+def _refine_frequencies(
+    freqs: list[tuple[float, float]],
+    basis: np.ndarray,
+    coef: np.ndarray,
+    observed: np.ndarray,
+    h: int,
+    w: int,
+) -> list[tuple[float, float]]:
+    """One Gauss-Newton step on the frequencies, from the fitted amplitudes.
+
+    The spectral peak leaves each frequency 0.03-0.09 cycles per frame off on real photographs (the part's
+    own spectrum and the clipping pull it): a phase drift of up to half a radian across the frame, which
+    left stripes of up to a sixth of the amplitude at the frame's edges. The derivative of a*sin(phi) +
+    b*cos(phi) in u is (2 pi x / w)(a cos(phi) - b sin(phi)) (y and v likewise); least squares on every
+    third pixel (enough for two unknowns per wave) gives the correction."""
+    xs = np.tile(np.arange(w, dtype=np.float64) * (2 * np.pi / w), h)[::3]
+    ys = np.repeat(np.arange(h, dtype=np.float64) * (2 * np.pi / h), w)[::3]
+    sub = basis[::3]
+    cols = [sub]
+    for c in range(len(freqs)):
+        d = coef[2 * c] * sub[:, 2 * c + 1] - coef[2 * c + 1] * sub[:, 2 * c]
+        cols += [(xs * d)[:, None], (ys * d)[:, None]]
+    jac = np.hstack(cols)
+    step = np.linalg.lstsq(jac, observed.ravel()[::3], rcond=None)[0][basis.shape[1] :]
+    return [(u + step[2 * c], v + step[2 * c + 1]) for c, (u, v) in enumerate(freqs)]
+
+
+def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Remove periodic interference from a (H, W) uint8 frame; frames without any come back unchanged.
+
+    Frequencies from the spectrum's peaks, refined once by Gauss-Newton on the fit; amplitudes and phases
+    by least squares, with the clipped pixels imputed (the pattern pushed them past 0 or 255); clipped
+    pixels inpainted from their neighbours and then held to what clipping proves of them: a pixel clipped
+    at 255 by a pattern value p was at least 255 - p, one clipped at 0 at most -p."""
+    n = frame.astype(np.float64)
+    freqs = find_sinusoids(n)
+    if not freqs:
+        return frame.copy()
+    h, w = frame.shape
     lo, hi = frame == 0, frame == 255
     clipped = lo | hi
     any_clipped = bool(clipped.any())
     valid = ~clipped
     den = cv2.blur(valid.astype(np.float32), (9, 9)) if any_clipped else None
     observed = n
-    for _ in range(iterations if any_clipped else 1):
-        coef = solve @ observed.ravel()
-        pattern = (basis[:, :-1] @ coef[:-1]).reshape(h, w)
-        if not any_clipped:
-            break
-        # Clipped pixels hide how far the pattern pushed them: impute the part from its unclipped
-        # neighbours, add the pattern back, keep it on the clipped side, and refit.
-        guess = _fill_from_valid(n - pattern, valid, den=den) + pattern
-        observed = np.where(lo, np.minimum(guess, 0), np.where(hi, np.maximum(guess, 255), n))
+    for refined in (False, True):
+        basis = _planar_basis(freqs, h, w)
+        solve = np.linalg.pinv(basis.T @ basis) @ basis.T  # (k, H*W): least squares for a fixed basis
+        # before the frequency step one imputation round is enough; after it, the full fit
+        for _ in range((iterations if refined else 1) if any_clipped else 1):
+            coef = solve @ observed.ravel()
+            pattern = (basis[:, :-1] @ coef[:-1]).reshape(h, w)
+            if not any_clipped:
+                break
+            # Clipped pixels hide how far the pattern pushed them: impute the part from its unclipped
+            # neighbours, add the pattern back, keep it on the clipped side, and refit.
+            guess = _fill_from_valid(n - pattern, valid, den=den) + pattern
+            observed = np.where(lo, np.minimum(guess, 0), np.where(hi, np.maximum(guess, 255), n))
+        if not refined:
+            freqs = _refine_frequencies(freqs, basis, coef, observed, h, w)
     out = np.clip(np.rint(n - pattern), 0, 255).astype(np.uint8)
-    if any_clipped:
-        return np.asarray(cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA))
-    return out
+    if not any_clipped:
+        return out
+    filled = cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float64)
+    filled = np.where(lo, np.minimum(filled, np.maximum(-pattern, 0)), filled)
+    filled = np.where(hi, np.maximum(filled, np.minimum(255 - pattern, 255)), filled)
+    return np.clip(np.rint(filled), 0, 255).astype(np.uint8)
 
 
 Filter = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,100 @@
+"""The periodic route on photographs the set never trained on (issue #26, item 2).
+
+Routed SSIM of the periodic filter at the main report level (periodic@0.2: one sinusoid, 20 cycles,
+random angle and phase) on a seeded sample of the held-out copy groups (the carve's calibration and
+validation photographs, ``engines.data.folder_parts``), beside the same frames with the *true*
+pattern removed (what a perfect fit could reach: the clipped pixels still need filling), and the
+filter's time per frame on this CPU.
+
+    python -m engines.periodic_route --data ../shared/data/casting      # about a minute on 2 cores
+
+writes ``engines/periodic_route.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.data import _folder, folder_parts
+from engines.evaluate import quality
+from inspector import noise as nz
+from inspector.denoise import sinusoid_fit
+
+OUT = Path(__file__).with_name("periodic_route.json")
+LEVEL = nz.NoiseLevel("periodic", 0.2, True)
+SEED = 31
+
+
+def true_pattern(rng_key: list[int], h: int, w: int) -> np.ndarray:
+    """The sinusoid ``nz.apply_level`` drew from this key, unclipped."""
+    c = nz.random_sinusoid(np.random.default_rng(rng_key), amplitude=LEVEL.value, cycles=20.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    arg = 2 * math.pi * c.cycles * (xx * math.cos(c.theta) + yy * math.sin(c.theta)) / w + c.phase
+    return np.asarray(255.0 * c.amplitude * np.sin(arg))
+
+
+def with_true_pattern(noisy: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """The ceiling: the exact pattern removed, clipped pixels inpainted and held to their bounds."""
+    out = np.clip(np.rint(noisy - pattern), 0, 255).astype(np.uint8)
+    lo, hi = noisy == 0, noisy == 255
+    filled = cv2.inpaint(out, (lo | hi).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float64)
+    filled = np.where(lo, np.minimum(filled, np.maximum(-pattern, 0)), filled)
+    filled = np.where(hi, np.maximum(filled, np.minimum(255 - pattern, 255)), filled)
+    return np.clip(np.rint(filled), 0, 255).astype(np.uint8)
+
+
+def measure(data: Path, n: int) -> dict[str, Any]:
+    frames, _labels, _files = _folder(str(data), "train")
+    parts = folder_parts(str(data), 0)
+    held = np.concatenate([parts["calib"], parts["val"]])
+    pick = np.sort(np.random.default_rng([0, SEED]).choice(held, n, replace=False))
+    route, ceiling, clipped, ms = [], [], [], []
+    for j, i in enumerate(pick):
+        clean = frames[i]
+        key = [0, 500 + nz.REPORT_LEVELS.index(LEVEL), j]
+        noisy = nz.apply_level(clean, LEVEL, np.random.default_rng(key))
+        t0 = time.perf_counter()
+        out = sinusoid_fit(noisy)
+        ms.append(1000 * (time.perf_counter() - t0))
+        route.append(quality(out, clean)[1])
+        ceiling.append(quality(with_true_pattern(noisy, true_pattern(key, *clean.shape)), clean)[1])
+        clipped.append(float(((noisy == 0) | (noisy == 255)).mean()))
+    r = np.array(route)
+    return {
+        "level": "periodic@0.2",
+        "photographs": int(n),
+        "from": f"held-out copy groups (carve seed 0: calib {len(parts['calib'])} + val {len(parts['val'])})",
+        "sample_seed": SEED,
+        "route_ssim_mean": float(r.mean()),
+        "route_ssim_p5": float(np.percentile(r, 5)),
+        "route_ssim_min": float(r.min()),
+        "true_pattern_ssim_mean": float(np.mean(ceiling)),
+        "clipped_fraction_mean": float(np.mean(clipped)),
+        "ms_per_frame_median": float(np.median(ms)),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/casting"), help="the casting data set")
+    ap.add_argument("--n", type=int, default=150, help="photographs in the sample (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    result = measure(args.data, args.n)
+    args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
