@@ -174,7 +174,7 @@ class TritonConfig(_Section):
         default=1000.0,
         gt=0,
         description="triton backend: a request without an answer this long is an error: its frames get ERROR and "
-        "the daemon turns not ready until the server answers again. A batch's requests together get at most half "
+        "the daemon turns not ready until the server answers again. A batch's requests together get at most 40% "
         "of supervisor.hang_timeout_s",
     )
     connect_timeout_s: float = Field(

@@ -210,7 +210,7 @@ class TritonEngine:
                 f"this daemon runs {self._set_version!r}"
             )
         served = int(config.get("max_batch_size", 0))
-        if served and served < self.want_batch:
+        if (served or 1) < self.want_batch:  # 0: the model takes no batch dimension, one frame at a time
             raise EngineError(
                 f"Triton at {self.url}: model {self.model!r} takes batches of at most {served}, this daemon "
                 f"sends up to {self.want_batch} (batching.max_batch): lower it, or write the repository with "
@@ -241,7 +241,18 @@ class TritonEngine:
         except EngineError as exc:  # another set, or a smaller batch, now: unusable until it is ours again
             self._stale = True
             raise RemoteUnavailable(str(exc)) from exc
+        except Exception as exc:  # a config without the fields we read: not a model we can use
+            self._stale = True
+            raise RemoteUnavailable(
+                f"Triton at {self.url}: model {self.model!r}: unusable config: {exc!r}"
+            ) from exc
         self._verify = False
+
+    def recheck(self) -> None:
+        """Read the served model's config again before the next request (the inference worker asks now and
+        then: an operator may load other files under the same name)."""
+        if self.connected:
+            self._verify = True
 
     def _timeout(self) -> float:
         """This request's deadline: timeout_ms, cut to what is left of the batch's budget."""
@@ -271,7 +282,20 @@ class TritonEngine:
                 f"engine {self.name!r} takes uint8 (N, 1, H, W) frames, got {frames.dtype} {frames.shape}"
             )
         self._ensure()
-        frames = np.ascontiguousarray(frames)
+        try:
+            out = self._infer(np.ascontiguousarray(frames))
+        except EngineError:
+            raise
+        except Exception as exc:  # SharedMemoryException, a malformed answer: the tier did not inspect these
+            self._stale = True
+            raise RemoteUnavailable(f"Triton at {self.url}: stage {self.name!r} failed: {exc!r}") from exc
+        if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+            # an output region the server did not write (NaN-filled), or a model gone wrong: never a verdict
+            self._stale = True
+            raise RemoteUnavailable(f"Triton at {self.url}: stage {self.name!r} answered non-finite outputs")
+        return out
+
+    def _infer(self, frames: np.ndarray) -> np.ndarray:
         use_shm = self.shm and frames.nbytes <= self._regions["in"][1]
         try:
             res = self._request(frames, use_shm)
@@ -417,10 +441,14 @@ class TritonEngine:
 
     def _drop_regions(self, unregister: bool = False) -> None:
         for handle, _size, name in self._regions.values():
+            try:
+                timeout = min(0.5, self._timeout()) if unregister else 0.0
+            except RemoteUnavailable:  # the caller's budget is spent: the server drops them when it restarts
+                unregister = False
             if unregister:
                 with contextlib.suppress(Exception):  # the server may be gone: the region is ours to free
                     self.client.unregister_system_shared_memory(
-                        name, headers=self.headers, client_timeout=0.5
+                        name, headers=self.headers, client_timeout=timeout
                     )
             with contextlib.suppress(Exception):
                 self._shm.destroy_shared_memory_region(handle)
@@ -442,7 +470,7 @@ class TritonEngine:
                 )
             out = self.infer(np.zeros((1, 1, h, w), np.uint8))
             return bool(np.isfinite(out).all())
-        except (self._error, EngineError):
+        except Exception:  # whatever it is, the tier does not inspect for this stage now
             self._stale = True
             return False
 

@@ -160,9 +160,10 @@ class Supervisor:
 
     def _sweep(self, base_dir: Path) -> None:
         """Remove the ring segments and runtime folders of daemons that died without cleaning up."""
+        from inspector.backends.triton import sweep_shm
         from inspector.daemon.ring import pid_alive, sweep_dead
 
-        removed = sweep_dead()
+        removed = sweep_dead() + sweep_shm()  # ring segments, and Triton regions (triton.shared_memory = on)
         for d in base_dir.glob("inspector-*-*"):
             pid = d.name.split("-")[1]
             if d.is_dir() and pid.isdigit() and not pid_alive(int(pid)) and (d / "settings.json").exists():

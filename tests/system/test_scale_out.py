@@ -264,6 +264,12 @@ def test_a_daemon_starts_without_its_tier_and_follows_it_down_and_up(
 
     repo = tmp_path / "models"
     write_repo(tiny_engines, repo, "python", max_batch=8, queue_delay_us=2000)
+    # and a copy of the set whose defect model has gone wrong: it answers, with NaN scores
+    write_repo(tiny_engines, repo, "python", prefix="nan-", max_batch=8, queue_delay_us=2000)
+    broken = repo / "nan-defect" / "1" / "model.py"
+    code = broken.read_text()
+    assert "out = self.engine.infer(" in code
+    broken.write_text(code.replace("out = self.engine.infer(", "out = np.nan * self.engine.infer("))
     (tmp_path / "work").mkdir()
     srv = LocalServer(
         triton_venv, repo, tmp_path / "work", free_port(), free_port(), free_port(), control="explicit"
@@ -338,6 +344,16 @@ def test_a_daemon_starts_without_its_tier_and_follows_it_down_and_up(
         k = verdicts(send(10))
         assert set(k) <= {"PASS", "FAIL"} and sum(k.values()) == 10, k
         c.close()
+
+        # 5. A model that answers non-finite scores inspects nothing: RemoteUnavailable (ERROR, not ready)
+        from inspector.backends.triton import RemoteUnavailable
+        from inspector.pipeline import Pipeline
+
+        pipe = Pipeline.from_manifest(tiny_engines, backend="triton", url=srv.grpc_url, model_prefix="nan-")
+        with pytest.raises(RemoteUnavailable, match="non-finite"):
+            pipe.run(np.stack(pool[:2]))
+        assert pipe.engines["defect"].ready() is False and pipe.engines["noise"].ready() is True
+        pipe.close()
     finally:
         assert d.stop() == 0, d.log_path.read_text()[-3000:]
         srv.stop()

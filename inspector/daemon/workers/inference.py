@@ -38,6 +38,9 @@ from inspector.pipeline import BatchRunner, Pipeline
 from inspector.protocol import Verdict
 from inspector.tools.synthetic import ImpellerGenerator
 
+REMOTE_SHARE = 0.4  # of supervisor.hang_timeout_s: what one batch's (or probe's) remote calls may take
+IDENTITY_EVERY_S = 30.0  # how often a remote tier's served models are checked to still be this set's
+
 
 def load_pipeline(settings: Settings, frame: tuple[int, int]) -> Any:
     """The engine set as a :class:`Pipeline`; on TensorRT, as one CUDA-stream schedule (``cuda_streams``)."""
@@ -112,6 +115,7 @@ class InferenceWorker(Worker):
         self._loaded: tuple[Settings, Any] | None = None
         self.remote_down = False  # a remote engine (Triton) stopped answering: not ready until it does
         self._probed = 0.0
+        self._identity_checked = time.monotonic()
         self.pipeline = load_pipeline(self.settings, self.spec.frame_size)
         try:
             self.per_frame_ns = self._warm_up(self.pipeline)
@@ -164,10 +168,11 @@ class InferenceWorker(Worker):
         new_settings, new_pipe = self._loaded
         self._loaded = None
         old, old_version = self.pipeline, self.model_version
+        self._arm_remote()  # a remote pipeline's close unregisters its regions within the budget
+        old.close()
         self.pipeline, self.settings = new_pipe, new_settings
         self.runner = BatchRunner(new_pipe)
         self.model_version = new_pipe.manifest.model_version if new_pipe.manifest else "unknown"
-        old.close()
         self.m.model.labels(old_version, self.settings.engines.backend).set(0)
         self.m.model.labels(self.model_version, new_settings.engines.backend).set(1)
         self.shared.reload_done.value = self.reload_gen  # two-phase: the supervisor says READY now
@@ -237,6 +242,14 @@ class InferenceWorker(Worker):
     def run_loop(self) -> bool:
         self.shared.progress.value += 1
         self._maybe_reload()
+        now = time.monotonic()
+        if now - self._identity_checked > IDENTITY_EVERY_S:
+            # A tier whose operator loads other files under the same model names (model control) is caught
+            # within this long: the next request of each remote stage reads its config again first.
+            self._identity_checked = now
+            for engine in getattr(self.pipeline, "engines", {}).values():
+                if hasattr(engine, "recheck"):
+                    engine.recheck()
         batch = self._collect()
         if not batch and not self.runner.busy:
             if self.remote_down:
@@ -293,7 +306,11 @@ class InferenceWorker(Worker):
                 for job in live:
                     self._send(job, Verdict.ERROR, f"engine failure: {outcome}")
             else:
-                self._remote(down=False)
+                if self.remote_down:
+                    # This batch's stages answered; others (a route it did not take) may not: back to ready
+                    # only when the probe's one-frame inference through every stage succeeds.
+                    self._probed = 0.0
+                    self._probe_remote()
                 self._verdicts(live, t_start, outcome, looks)
 
     def _remote(self, down: bool) -> None:
@@ -321,9 +338,10 @@ class InferenceWorker(Worker):
             self._remote(down=False)
 
     def _arm_remote(self) -> None:
-        """A batch's (or a probe's) remote calls together get half the hang timeout: a slow tier answers
-        ERROR for the batch and turns the daemon not ready, it never gets this worker killed as hung."""
-        end = time.monotonic() + 0.5 * self.settings.supervisor.hang_timeout_s
+        """A batch's (or a probe's, or a close's) remote calls together get 40% of the hang timeout (a batch
+        and the probe after it: 80%): a slow tier answers ERROR for the batch and turns the daemon not ready,
+        it never gets this worker killed as hung."""
+        end = time.monotonic() + REMOTE_SHARE * self.settings.supervisor.hang_timeout_s
         for engine in getattr(self.pipeline, "engines", {}).values():
             if hasattr(engine, "deadline"):
                 engine.deadline = end
@@ -335,7 +353,11 @@ class InferenceWorker(Worker):
         self.shared.processed.value += len(live)
         # Time per frame, as a moving average over batches, for admission and the prediction above.
         # On the stream schedule a batch's span overlaps the next one's upload: an overestimate.
-        self.per_frame_ns = int(0.8 * self.per_frame_ns + 0.2 * (t_done - t_start) / len(live))
+        measured = (t_done - t_start) / len(live)
+        # (0 until measured: a daemon that started without its remote tier has no warm-up figure)
+        self.per_frame_ns = int(
+            measured if not self.per_frame_ns else 0.8 * self.per_frame_ns + 0.2 * measured
+        )
         self.shared.service_ns.value = self.per_frame_ns
         self.m.service_ms.set(self.per_frame_ns / 1e6)
         stage_ms = results[0].stage_ms
@@ -368,6 +390,12 @@ class InferenceWorker(Worker):
             batch = self._collect()
             if not batch and not self.runner.busy:
                 break
+            if self.remote_down and batch:  # the tier is away: answer now, do not wait on it per batch
+                for job in batch:
+                    self._send(
+                        job, Verdict.ERROR, "engine failure: inference server not answering; not inspected"
+                    )
+                continue
             self._process(batch)
         if self.runner.busy:  # past the drain deadline: still answer the batch in flight
             self._publish(self.runner.step(None))
