@@ -54,6 +54,9 @@ WORKERS = {
 OPTIONAL = ("archive",)
 
 
+MAX_RUNTIME_BASE = 60  # characters: base + /inspector-<pid>-<8>/ + the longest socket name < 107
+
+
 class State(Enum):
     STARTING = "starting"
     READY = "ready"
@@ -101,6 +104,14 @@ class Supervisor:
         self.frame_size = (manifest.frame_size, manifest.frame_size)
         base = os.environ.get("RUNTIME_DIRECTORY")
         base_dir = Path(base.split(":")[0]) if base else Path(tempfile.gettempdir())
+        # ZeroMQ ipc:// endpoints live in the runtime folder; a Unix socket path holds at most 107 bytes
+        # (runtime folder: base + ~30, socket name: ~16).
+        if len(str(base_dir.resolve())) > MAX_RUNTIME_BASE:
+            raise DaemonError(
+                f"the runtime folder's base {str(base_dir)!r} is {len(str(base_dir.resolve()))} characters: the "
+                f"daemon's Unix sockets inside it would pass the 107-byte limit; use a base of at most "
+                f"{MAX_RUNTIME_BASE} characters (RuntimeDirectory= under systemd, or TMPDIR)"
+            )
         self._sweep(base_dir)
         # The pid in the names lets the next start sweep what a SIGKILLed daemon left behind.
         self.runtime_dir = Path(tempfile.mkdtemp(prefix=f"inspector-{os.getpid()}-", dir=base_dir))

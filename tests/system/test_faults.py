@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -279,8 +280,8 @@ def _segments() -> set[str]:
 
 
 def test_sigkill_of_the_top_process_leaves_nothing_behind(tmp_path: Path, tiny_engines: Path):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir()
+    # a short base of its own (pytest's tmp_path can be too long for the daemon's Unix sockets)
+    runtime = Path(tempfile.mkdtemp(prefix="li-rt-", dir="/tmp"))
     # What a daemon SIGKILLed before this fix left: a segment and a folder named after a dead pid.
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -303,6 +304,7 @@ def test_sigkill_of_the_top_process_leaves_nothing_behind(tmp_path: Path, tiny_e
         wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in workers.values()), 20, "workers exit")
     finally:
         d.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
     assert not (mine & _segments()), "shared memory left behind"
     assert list(runtime.glob("inspector-*")) == [], list(runtime.iterdir())
     assert (before - {f"inspector-{dead.pid}-0badc0ffee00"}) >= (_segments() - mine)
@@ -423,3 +425,29 @@ def test_three_times_overload_keeps_goodput_and_answers_every_frame(tmp_path: Pa
         assert all(v["latency_ms"]["total"] <= 1000 for v in answered)
     finally:
         assert d.stop() == 0
+
+
+def test_a_runtime_base_too_long_for_unix_sockets_is_a_clear_error(tmp_path: Path, tiny_engines: Path):
+    """A TMPDIR / RuntimeDirectory so long that the daemon's ipc:// sockets could not be bound: said at start."""
+    import sys
+
+    base = tmp_path / ("long-" * 14)
+    base.mkdir()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inspector",
+            "serve",
+            "--set",
+            f"engines.path={tiny_engines}",
+            "--set",
+            "metrics.port=0",
+        ],
+        env={**os.environ, "TMPDIR": str(base)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert "107-byte limit" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -322,6 +323,15 @@ def test_a_daemon_starts_without_its_tier_and_follows_it_down_and_up(
         assert d.proc.poll() is None and not any(h.get("ready") for h in d.listener.heartbeats)
         k = verdicts(send(5))
         assert k == Counter({"ERROR": 5}), k
+        # the inference worker dies while the tier is away: its restart comes back loaded, still not ready
+        old_pid = d.worker_pids()["inference"]
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: "inference worker back" in d.log_path.read_text(), 120, "the inference restart")
+        assert d.worker_pids()["inference"] != old_pid and d.proc.poll() is None
+        d.listener.heartbeats.clear()
+        k = verdicts(send(3))
+        assert k == Counter({"ERROR": 3}), k
+        assert d.listener.heartbeats and not any(h.get("ready") for h in d.listener.heartbeats)
 
         # 2. The server comes up: ready by itself (the probe's real inference), PASS/FAIL.
         srv.start().wait_ready(120)
