@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from engines.data import _folder, folder_parts
 from engines.evaluate import quality
 from inspector import noise as nz
-from inspector.denoise import sinusoid_fit
+from inspector.denoise import remove_pattern, sinusoid_fit
 
 OUT = Path(__file__).with_name("periodic_route.json")
 LEVEL = nz.NoiseLevel("periodic", 0.2, True)
@@ -35,21 +34,12 @@ SEED = 31
 
 
 def true_pattern(rng_key: list[int], h: int, w: int) -> np.ndarray:
-    """The sinusoid ``nz.apply_level`` drew from this key, unclipped."""
+    """The sinusoid ``nz.apply_level`` drew from this key, unclipped (removed by the route's own
+    :func:`~inspector.denoise.remove_pattern`: the ceiling a perfect fit could reach)."""
     c = nz.random_sinusoid(np.random.default_rng(rng_key), amplitude=LEVEL.value, cycles=20.0)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     arg = 2 * math.pi * c.cycles * (xx * math.cos(c.theta) + yy * math.sin(c.theta)) / w + c.phase
     return np.asarray(255.0 * c.amplitude * np.sin(arg))
-
-
-def with_true_pattern(noisy: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """The ceiling: the exact pattern removed, clipped pixels inpainted and held to their bounds."""
-    out = np.clip(np.rint(noisy - pattern), 0, 255).astype(np.uint8)
-    lo, hi = noisy == 0, noisy == 255
-    filled = cv2.inpaint(out, (lo | hi).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float64)
-    filled = np.where(lo, np.minimum(filled, np.maximum(-pattern, 0)), filled)
-    filled = np.where(hi, np.maximum(filled, np.minimum(255 - pattern, 255)), filled)
-    return np.clip(np.rint(filled), 0, 255).astype(np.uint8)
 
 
 def measure(data: Path, n: int) -> dict[str, Any]:
@@ -66,7 +56,7 @@ def measure(data: Path, n: int) -> dict[str, Any]:
         out = sinusoid_fit(noisy)
         ms.append(1000 * (time.perf_counter() - t0))
         route.append(quality(out, clean)[1])
-        ceiling.append(quality(with_true_pattern(noisy, true_pattern(key, *clean.shape)), clean)[1])
+        ceiling.append(quality(remove_pattern(noisy, true_pattern(key, *clean.shape)), clean)[1])
         clipped.append(float(((noisy == 0) | (noisy == 255)).mean()))
     r = np.array(route)
     return {

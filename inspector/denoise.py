@@ -129,6 +129,15 @@ def _planar_basis(freqs: list[tuple[float, float]], h: int, w: int) -> np.ndarra
     return basis
 
 
+@lru_cache(maxsize=4)
+def _phase_coordinates(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """2 pi x / w and 2 pi y / h of every third pixel (row-major), for the frequency step."""
+    xs = np.tile(np.arange(w, dtype=np.float64) * (2 * np.pi / w), h)[::3]
+    ys = np.repeat(np.arange(h, dtype=np.float64) * (2 * np.pi / h), w)[::3]
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def _refine_frequencies(
     freqs: list[tuple[float, float]],
     basis: np.ndarray,
@@ -144,8 +153,7 @@ def _refine_frequencies(
     left stripes of up to a sixth of the amplitude at the frame's edges. The derivative of a*sin(phi) +
     b*cos(phi) in u is (2 pi x / w)(a cos(phi) - b sin(phi)) (y and v likewise); least squares on every
     third pixel (enough for two unknowns per wave) gives the correction."""
-    xs = np.tile(np.arange(w, dtype=np.float64) * (2 * np.pi / w), h)[::3]
-    ys = np.repeat(np.arange(h, dtype=np.float64) * (2 * np.pi / h), w)[::3]
+    xs, ys = _phase_coordinates(h, w)
     sub = basis[::3]
     cols = [sub]
     for c in range(len(freqs)):
@@ -189,10 +197,17 @@ def sinusoid_fit(frame: np.ndarray, iterations: int = 4) -> np.ndarray:
             observed = np.where(lo, np.minimum(guess, 0), np.where(hi, np.maximum(guess, 255), n))
         if not refined:
             freqs = _refine_frequencies(freqs, basis, coef, observed, h, w)
-    out = np.clip(np.rint(n - pattern), 0, 255).astype(np.uint8)
     if not any_clipped:
-        return out
-    filled = cv2.inpaint(out, clipped.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float64)
+        return np.clip(np.rint(n - pattern), 0, 255).astype(np.uint8)
+    return remove_pattern(frame, pattern)
+
+
+def remove_pattern(frame: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """``frame - pattern`` as uint8, its clipped pixels inpainted from their neighbours and held to what
+    clipping proves: a pixel clipped at 255 by a pattern value p was at least 255 - p, one at 0 at most -p."""
+    lo, hi = frame == 0, frame == 255
+    out = np.clip(np.rint(frame - pattern), 0, 255).astype(np.uint8)
+    filled = cv2.inpaint(out, (lo | hi).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float64)
     filled = np.where(lo, np.minimum(filled, np.maximum(-pattern, 0)), filled)
     filled = np.where(hi, np.maximum(filled, np.minimum(255 - pattern, 255)), filled)
     return np.clip(np.rint(filled), 0, 255).astype(np.uint8)

@@ -86,14 +86,19 @@ def _log() -> Any:
     return structlog.get_logger("inspector.triton")
 
 
-def sweep_shm(base: Path = Path("/dev/shm")) -> list[str]:
-    """Unlink Triton shared memory regions left by processes that died (``li-triton-<pid>-...``)."""
+def _owner_dead(name: str) -> bool:
+    """A region named ``li-triton-<pid>-...`` whose process no longer runs (on this host)."""
     from inspector.daemon.ring import pid_alive
 
+    pid = name[len(SHM_PREFIX) :].split("-", 1)[0]
+    return name.startswith(SHM_PREFIX) and pid.isdigit() and not pid_alive(int(pid))
+
+
+def sweep_shm(base: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink Triton shared memory regions left by processes that died (``li-triton-<pid>-...``)."""
     removed = []
     for path in base.glob(f"{SHM_PREFIX}*"):
-        pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if _owner_dead(path.name):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path.name)
@@ -419,15 +424,12 @@ class TritonEngine:
 
     def _unregister_dead(self) -> None:
         """Registrations a dead daemon of this host left on the server: their names carry its pid."""
-        from inspector.daemon.ring import pid_alive
-
         status = self.client.get_system_shared_memory_status(
             headers=self.headers, as_json=True, client_timeout=self._timeout()
         )
         for region in status.get("regions", {}).values() if isinstance(status.get("regions"), dict) else []:
             name = str(region.get("name", ""))
-            pid = name[len(SHM_PREFIX) :].split("-", 1)[0]
-            if name.startswith(SHM_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
+            if _owner_dead(name):
                 with contextlib.suppress(self._error):
                     self.client.unregister_system_shared_memory(
                         name, headers=self.headers, client_timeout=self._timeout()

@@ -124,15 +124,17 @@ def test_a_daemon_starts_unconnected_when_the_tier_is_away_and_every_call_is_bou
     m = load_manifest(SET)
     frame = tuple(m.stages["noise"].input.frame_size)
     url = "127.0.0.1:9"  # discard port: nothing answers gRPC there
-    engines = []
-    t0 = time.monotonic()
+    engines, took = [], []
     for stage in m.stages:
+        t0 = time.monotonic()
         engines.append(
             TritonEngine(SET / m.stages[stage].file, stage, url=url, connect_timeout_s=2, timeout_ms=200,
                          frame_size=frame, offline_ok=True)
         )  # fmt: skip
-    # the first stage waited its 2 s; the others knew the url had just been given up on
-    assert time.monotonic() - t0 < 2 * 2, "every stage waited out connect_timeout_s"
+        took.append(time.monotonic() - t0)
+    # the first stage waited out its 2 s; the others knew the url had just been given up on and did not
+    # wait (one refused connection each: far below the 2 s however busy the machine)
+    assert took[0] >= 2 and all(t < 2 for t in took[1:]), took
     noise = engines[0]
     assert not noise.connected and noise.ready() is False
     frames = np.zeros((2, 1, *frame), np.uint8)
