@@ -4,7 +4,8 @@ Routed SSIM of the periodic filter at the main report level (periodic@0.2: one s
 random angle and phase) on a seeded sample of the held-out copy groups (the carve's calibration and
 validation photographs, ``engines.data.folder_parts``), beside the same frames with the *true*
 pattern removed (what a perfect fit could reach: the clipped pixels still need filling), and the
-filter's time per frame on this CPU.
+filter's time per frame on this CPU; and the choice of how clipped pixels are filled
+(``inspector.denoise.INPAINT``): made on the calibration groups, confirmed on the validation groups.
 
     python -m engines.periodic_route --data ../shared/data/casting      # about a minute on 2 cores
 
@@ -21,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from engines.data import _folder, folder_parts
 from engines.evaluate import quality
 from inspector import noise as nz
-from inspector.denoise import remove_pattern, sinusoid_fit
+from inspector.denoise import INPAINT, remove_pattern, sinusoid_fit
 
 OUT = Path(__file__).with_name("periodic_route.json")
 LEVEL = nz.NoiseLevel("periodic", 0.2, True)
@@ -40,6 +42,45 @@ def true_pattern(rng_key: list[int], h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     arg = 2 * math.pi * c.cycles * (xx * math.cos(c.theta) + yy * math.sin(c.theta)) / w + c.phase
     return np.asarray(255.0 * c.amplitude * np.sin(arg))
+
+
+INPAINTING = {
+    "telea r1": (cv2.INPAINT_TELEA, 1),
+    "telea r3": (cv2.INPAINT_TELEA, 3),
+    "ns r1": (cv2.INPAINT_NS, 1),
+    "ns r2": (cv2.INPAINT_NS, 2),
+    "ns r3": (cv2.INPAINT_NS, 3),
+}
+CHOICE_SAMPLE = 100
+
+
+def inpainting(frames: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How the route fills clipped pixels (``inspector.denoise.INPAINT``): each method's mean SSIM on a
+    sample of the calibration groups (where the choice is made) and of the validation groups (where it is
+    confirmed), other draws than the main sample's."""
+    out: dict[str, Any] = {"chosen_on": "calib", "confirmed_on": "val", "photographs_each": CHOICE_SAMPLE}
+    for part in ("calib", "val"):
+        pick = np.sort(np.random.default_rng([1, SEED]).choice(parts[part], CHOICE_SAMPLE, replace=False))
+        noisy = [
+            nz.apply_level(frames[i], LEVEL, np.random.default_rng([1, 500, j])) for j, i in enumerate(pick)
+        ]
+        out[part] = {
+            name: round(
+                float(
+                    np.mean(
+                        [
+                            quality(sinusoid_fit(x, inpaint=how), frames[i])[1]
+                            for x, i in zip(noisy, pick, strict=True)
+                        ]
+                    )
+                ),
+                4,
+            )
+            for name, how in INPAINTING.items()
+        }
+    out["best_on_calib"] = max(out["calib"], key=out["calib"].get)
+    out["shipped"] = next(k for k, v in INPAINTING.items() if v == INPAINT)
+    return out
 
 
 def measure(data: Path, n: int) -> dict[str, Any]:
@@ -60,6 +101,7 @@ def measure(data: Path, n: int) -> dict[str, Any]:
         clipped.append(float(((noisy == 0) | (noisy == 255)).mean()))
     r = np.array(route)
     return {
+        "inpainting": inpainting(frames, parts),
         "level": "periodic@0.2",
         "photographs": int(n),
         "from": f"held-out copy groups (carve seed 0: calib {len(parts['calib'])} + val {len(parts['val'])})",
