@@ -324,9 +324,14 @@ def compare_block(r: dict[str, Any]) -> str:
 
 
 def unseen_block(r: dict[str, Any]) -> str:
-    """The shipped set on photographs it never saw (engines/default/unseen.json)."""
+    """The shipped set on new parts, route by route, and issue #26's targets (engines/default/unseen.json)."""
     names = {"calib": "calibration", "val": "validation"}
     checks = [(names[n], r[n]["recheck"]) for n in ("calib", "val")]
+    c, v = r["calib"], r["val"]
+
+    def iv(x: list[float] | None) -> str:
+        return "" if x is None else f"[{x[0] * 100:.1f}, {x[1] * 100:.1f}]"
+
     rows = [
         f"`{r['command']}` ([`engines/default/unseen.json`](engines/default/unseen.json)): the carved "
         "calibration and validation photographs (whole groups of copies held out of training, "
@@ -334,24 +339,112 @@ def unseen_block(r: dict[str, Any]) -> str:
         f"each, every photograph against its {checks[0][1]['candidates']} nearest training photographs (a copy "
         f"scores {r['copy_min']} or more): "
         + ", ".join(
-            f"{w} {c['with_a_copy_in_train']} of {c['sample']} with a copy (highest score {c['highest_score']:.3f})"
-            for w, c in checks
+            f"{w} {x['with_a_copy_in_train']} of {x['sample']} with a copy (highest score {x['highest_score']:.3f})"
+            for w, x in checks
         )
-        + ". Mixed noise: gaussian@25 / salt_pepper@0.1 / periodic@0.2 in turn.",
+        + f". Calibration: {c['photographs']} photographs ({c['defective']} defective) from "
+        f"{c['groups']['good']} groups of good parts and {c['groups']['defective']} of defective ones; "
+        f"validation: {v['photographs']} ({v['defective']} defective) from {v['groups']['good']} and "
+        f"{v['groups']['defective']}. The calibration photographs set the thresholds, so the calibrated "
+        "columns are measured on the validation photographs only; brackets: 95% bootstrap interval over "
+        "groups (resampled within each class), so a good-part rate is only as general as those few setups. "
+        "Mixed noise: gaussian@25 / salt_pepper@0.1 / periodic@0.2 in turn.",
         "",
-        "| photographs | condition | accuracy at 0.5 | AUC | accuracy calibrated | escapes / false rejects calibrated | caveat |",
+        "| condition | calibration: accuracy at 0.5 | validation: accuracy at 0.5 | validation: AUC "
+        "| validation calibrated: escapes | validation calibrated: false rejects | routes the validation frames took |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("calib", "val"):
-        x = r[name]
-        for cond, row in x["rows"].items():
-            h, c = row["at_0.5"], row["calibrated"]
-            rows.append(
-                f"| {names[name]}: {x['photographs']} ({x['defective']} defective) "
-                f"| {cond} | {_pct(h['accuracy'])} | {h['auc']:.4f} | {_pct(c['accuracy'])} | "
-                f"{_pct(c['escape_rate'])} / {_pct(c['false_reject_rate'])} | {x['caveat']} |"
+    for cond, row in v["rows"].items():
+        h, k, i = row["at_0.5"], row["calibrated"], row.get("intervals", {})
+        rows.append(
+            f"| {cond} | {_pct(c['rows'][cond]['at_0.5']['accuracy'])} | {_pct(h['accuracy'])} "
+            f"{iv(i['accuracy_at_0.5']) if i else ''} | {h['auc']:.4f} "
+            f"| {_pct(k['escape_rate'])} {iv(i['escape_rate_calibrated']) if i else ''} "
+            f"| {_pct(k['false_reject_rate'])} {iv(i['false_reject_rate_calibrated']) if i else ''} "
+            f"| {', '.join(f'{n} {m}' for n, m in row.get('routes', {}).items())} |"
+        )
+    ssim = []
+    for cond, s in v.get("ssim", {}).items():
+        text = f"{cond} {s['routed']:.4f} on the validation groups ({s['frames']} photographs)"
+        if "bm3d_sample" in s:
+            b = s["bm3d_sample"]
+            text += (
+                f"; on {b['frames']} of them BM3D (told the true sigma {b['sigma']:g}) {b['bm3d']:.4f}, "
+                f"the pipeline {b['routed']:.4f}"
             )
+        ssim.append(text)
+    if ssim:
+        rows += ["", "Routed SSIM: " + "; ".join(ssim) + "."]
+    if "calibration_study" in r:
+        st = r["calibration_study"]
+
+        def ef(x: dict[str, Any]) -> str:
+            return " / ".join(
+                "n/a" if x[k] is None else _pct(x[k]) for k in ("escape_rate", "false_reject_rate")
+            )
+
+        rows += [
+            "",
+            f"Where each route's threshold comes from (escape target {_pct(st['escape_target'])} per route, set "
+            "on the calibration groups). *range*, the shipped rule: the groups under training-range noise "
+            "(`inspector-build calibrate`; recomputed here, "
+            + (
+                "equal to the manifest's"
+                if st["range_thresholds_reproduce_the_manifest"]
+                else "**not** equal to the manifest's"
+            )
+            + "); *main*: the groups at the route's main report level only. Escapes / false rejects on the "
+            "validation groups at the main level and under training-range noise (another draw):",
+            "",
+            "| route | threshold range / main | at the main level, range | at the main level, main "
+            "| training range, range | training range, main |",
+            "|---|---|---|---|---|---|",
+        ]
+        for route, e in st["routes"].items():
+            lvl = f"validation at {e['level']}"
+            tr = "validation at training range"
+            rows.append(
+                f"| {route} ({e['level']}) | {e['thresholds']['range']:.3f} / {e['thresholds']['main']:.3f} "
+                f"| {ef(e['range'][lvl])} | {ef(e['main'][lvl])} | {ef(e['range'][tr])} | {ef(e['main'][tr])} |"
+            )
+    if "targets" in r:
+        met = sum(t["met"] for t in r["targets"])
+        rows += [
+            "",
+            f"Issue #26's targets on the validation groups: {met} of {len(r['targets'])} met.",
+            "",
+            "| target | validation groups [95% interval over groups] | |",
+            "|---|---|---|",
+        ]
+        for t in r["targets"]:
+            if t["value"] is None or "not_measured" in t:
+                val = f"not measured ({t.get('not_measured', 'nothing to count')})"
+            elif "SSIM" in t["target"]:
+                val = f"{t['value']:.4f}" + (f" (BM3D {t['bm3d']:.4f})" if "bm3d" in t else "")
+            else:
+                val = _pct(t["value"]) + (f" {iv(t['interval'])}" if "interval" in t else "")
+            rows.append(f"| {t['target']} | {val} | {_met(t['met'])} |")
     return "\n".join(rows) + "\n"
+
+
+def periodic_block(r: dict[str, Any]) -> str:
+    """The periodic route on held-out photographs (engines/periodic_route.json)."""
+    inp = r["inpainting"]
+    ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(inp["calib"].items(), key=lambda kv: -kv[1]))
+    return (
+        "`python -m engines.periodic_route` ([`engines/periodic_route.json`](engines/periodic_route.json)), "
+        f"{r['level']} on {r['photographs']} photographs of the held-out copy groups: routed SSIM "
+        f"{r['route_ssim_mean']:.4f} (5th percentile {r['route_ssim_p5']:.4f}; with the true pattern removed "
+        f"{r['true_pattern_ssim_mean']:.4f}), {r['ms_per_frame_median']:.1f} ms per frame median, "
+        f"{r['ms_per_frame_p90']:.1f} ms at the 90th percentile ({r['cpus']} cores, one frame at a time). "
+        f"Clipped pixels ({r['clipped_fraction_mean'] * 100:.1f}% of a frame) are inpainted by "
+        f"`{inp['shipped']}`, chosen on {inp['photographs_each']} calibration-group photographs ({ranked}) "
+        f"and confirmed on as many validation-group ones (best there: `{inp['best_on_val']}`).\n"
+    )
+
+
+PERIODIC_BEGIN = "<!-- results:periodic begin - generated by `python -m engines.readme` from engines/periodic_route.json -->"
+PERIODIC_END = "<!-- results:periodic end -->"
 
 
 def splits_block(doc: dict[str, Any], seed: int = 0) -> str:
@@ -432,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", type=Path, default=REPO / "docs" / "comparison" / "results.json")
     ap.add_argument("--unseen", type=Path, default=REPO / "engines" / "default" / "unseen.json")
     ap.add_argument("--splits", type=Path, default=REPO / "engines" / "splits" / "casting.json")
+    ap.add_argument("--periodic", type=Path, default=REPO / "engines" / "periodic_route.json")
     args = ap.parse_args(argv)
     readme = args.readme.read_text()
     new = render(readme, photo_block(json.loads(args.report.read_text())))
@@ -440,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     new = render(new, compare_block(json.loads(args.compare.read_text())), COMPARE_BEGIN, COMPARE_END)
     new = render(new, unseen_block(json.loads(args.unseen.read_text())), UNSEEN_BEGIN, UNSEEN_END)
     new = render(new, splits_block(json.loads(args.splits.read_text())), SPLITS_BEGIN, SPLITS_END)
+    new = render(new, periodic_block(json.loads(args.periodic.read_text())), PERIODIC_BEGIN, PERIODIC_END)
     if args.check:
         if new != readme:
             print(f"{args.readme} is out of date: run python -m engines.readme", file=sys.stderr)

@@ -51,6 +51,7 @@ def adaptive_median(frame: np.ndarray) -> np.ndarray:
 
 MAX_SINUSOIDS = 3  # the noise model's upper bound; more components are left for the classifier to judge
 MIN_CYCLES = 3.0  # lower spatial frequencies belong to the part (hub, rim, lighting), not to interference
+MAX_STEP = 0.5  # cycles per frame: the frequency step's bound (steps measured: up to 0.3)
 PEAK_PROMINENCE = 8.0  # a peak must stand this far above its spectral neighbourhood (clean frames: none do)
 
 
@@ -163,6 +164,8 @@ def _refine_frequencies(
     jac = np.hstack(cols)
     # normal equations: a (2k+1+2k)-square system instead of an SVD of the (H*W/3)-row Jacobian
     step = (np.linalg.pinv(jac.T @ jac) @ (observed.ravel()[::3] @ jac))[basis.shape[1] :]
+    # A linearised step is only trusted near the peak it starts from: never more than MAX_STEP cycles.
+    step = np.clip(step, -MAX_STEP, MAX_STEP)
     return [(u + step[2 * c], v + step[2 * c + 1]) for c, (u, v) in enumerate(freqs)]
 
 
@@ -192,10 +195,11 @@ def sinusoid_fit(
         basis = _planar_basis(freqs, h, w)
         gram = np.linalg.pinv(basis.T @ basis)  # least squares for a fixed basis: gram @ basis.T @ y
         # before the frequency step one imputation round is enough; after it, the full fit
-        for _ in range((iterations if refined else 1) if any_clipped else 1):
+        rounds = (iterations if refined else 1) if any_clipped else 1
+        for r in range(rounds):
             coef = gram @ (observed.ravel() @ basis)
             pattern = (basis[:, :-1] @ coef[:-1]).reshape(h, w)
-            if not any_clipped:
+            if not any_clipped or (refined and r == rounds - 1):  # the last refit's imputation is unused
                 break
             # Clipped pixels hide how far the pattern pushed them: impute the part from its unclipped
             # neighbours, add the pattern back, keep it on the clipped side, and refit.

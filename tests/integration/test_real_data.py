@@ -301,3 +301,19 @@ def test_unseen_figures_come_from_the_engines_on_the_carved_photographs(casting:
             want["fn"],
         )
     pipe.close()
+    # Every condition of issue #26 has its row on both splits, group counts come from the committed groups,
+    # and each target's figure is the validation row's (engines.unseen.targets, checked against its bound).
+    from engines.splits import train_groups
+    from engines.unseen import CONDITIONS, TARGETS
+
+    groups = train_groups(str(casting))
+    for name in ("calib", "val"):
+        x, idx = r[name], np.array(r[name]["indices"], np.int64)
+        assert set(x["rows"]) == set(CONDITIONS), name
+        g, y = groups[idx], labels[idx]
+        assert x["groups"] == {"good": len(set(g[y == 0])), "defective": len(set(g[y == 1]))}
+    by_text = {t["target"]: t for t in r["targets"]}
+    for text, cond, which, metric, bound in TARGETS:
+        v = r["val"]["rows"][cond][which][metric]
+        assert by_text[text]["value"] == round(v, 5)
+        assert by_text[text]["met"] == (v <= bound if metric.endswith("_rate") else v >= bound)
