@@ -32,10 +32,14 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray) -> dict[str, float]:
+def binary_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, auc: bool = True
+) -> dict[str, float]:
     """Accuracy, sensitivity, specificity, F1, AUC, escape and false-reject rates at ``threshold``.
 
     ``threshold`` is one number, or one per frame (each frame decided at its noise type's threshold).
+    ``auc=False`` skips the AUC (NaN in its place): it does not depend on the threshold, and a bootstrap
+    that calls this thousands of times need not pay for it.
     """
     labels = np.asarray(labels).astype(bool)
     pred = np.asarray(scores) >= threshold
@@ -54,7 +58,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | np
         "sensitivity": sens,
         "specificity": spec,
         "f1": f1,
-        "auc": roc_auc(labels, np.asarray(scores, np.float64)),
+        "auc": roc_auc(labels, np.asarray(scores, np.float64)) if auc else float("nan"),
         "escape_rate": fn / n_pos if n_pos else float("nan"),
         "false_reject_rate": fp / n_neg if n_neg else float("nan"),
         "tp": tp,

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,10 @@ INPAINTING = {
 CHOICE_SAMPLE = 100
 
 
+def _mean_ssim(fit: Callable[[np.ndarray], np.ndarray], noisy: list[np.ndarray], clean: np.ndarray) -> float:
+    return round(float(np.mean([quality(fit(x), c)[1] for x, c in zip(noisy, clean, strict=True)])), 4)
+
+
 def inpainting(frames: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, Any]:
     """How the route fills clipped pixels (``inspector.denoise.INPAINT``): each method's mean SSIM on a
     sample of the calibration groups (where the choice is made) and of the validation groups (where it is
@@ -66,29 +72,12 @@ def inpainting(frames: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, An
         noisy = [
             nz.apply_level(frames[i], LEVEL, np.random.default_rng([1, 500, j])) for j, i in enumerate(pick)
         ]
-        out[f"{part}: imputation rounds 4 instead of 2 (shipped method)"] = round(
-            float(
-                np.mean(
-                    [
-                        quality(sinusoid_fit(x, iterations=4), frames[i])[1]
-                        for x, i in zip(noisy, pick, strict=True)
-                    ]
-                )
-            ),
-            4,
+
+        out[f"{part}: imputation rounds 4 instead of 2 (shipped method)"] = _mean_ssim(
+            partial(sinusoid_fit, iterations=4), noisy, frames[pick]
         )
         out[part] = {
-            name: round(
-                float(
-                    np.mean(
-                        [
-                            quality(sinusoid_fit(x, inpaint=how), frames[i])[1]
-                            for x, i in zip(noisy, pick, strict=True)
-                        ]
-                    )
-                ),
-                4,
-            )
+            name: _mean_ssim(partial(sinusoid_fit, inpaint=how), noisy, frames[pick])
             for name, how in INPAINTING.items()
         }
     out["best_on_calib"] = max(out["calib"], key=out["calib"].get)

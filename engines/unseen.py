@@ -140,30 +140,20 @@ def _score(pipe: Pipeline, imgs: np.ndarray, keep: bool, desc: str, progress: bo
     return out
 
 
-def _rates(y: np.ndarray, s: np.ndarray, t: np.ndarray | float) -> dict[str, float]:
-    """Accuracy, escape and false-reject rate (``binary_metrics``' definitions, without its AUC: the
-    bootstrap calls this thousands of times)."""
-    pred, pos = ~(s < t), y.astype(bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return {
-        "accuracy": float((pred == pos).mean()),
-        "escape_rate": float((~pred & pos).sum() / n_pos) if n_pos else float("nan"),
-        "false_reject_rate": float((pred & ~pos).sum() / n_neg) if n_neg else float("nan"),
-    }
-
-
 def _row(y: np.ndarray, g: np.ndarray, got: dict[str, Any], seed: int) -> dict[str, Any]:
     s, t = got["score"], got["threshold"]
     row: dict[str, Any] = {"at_0.5": binary_metrics(y, s, 0.5), "calibrated": binary_metrics(y, s, t)}
     called, counts = np.unique(got["called"], return_counts=True)
     row["routes"] = {str(k): int(v) for k, v in zip(called, counts, strict=True)}
     row["intervals"] = {
-        "accuracy_at_0.5": group_bootstrap(y, g, lambda i: _rates(y[i], s[i], 0.5)["accuracy"], seed),
+        "accuracy_at_0.5": group_bootstrap(
+            y, g, lambda i: binary_metrics(y[i], s[i], 0.5, auc=False)["accuracy"], seed
+        ),
         "escape_rate_calibrated": group_bootstrap(
-            y, g, lambda i: _rates(y[i], s[i], t[i])["escape_rate"], seed
+            y, g, lambda i: binary_metrics(y[i], s[i], t[i], auc=False)["escape_rate"], seed
         ),
         "false_reject_rate_calibrated": group_bootstrap(
-            y, g, lambda i: _rates(y[i], s[i], t[i])["false_reject_rate"], seed
+            y, g, lambda i: binary_metrics(y[i], s[i], t[i], auc=False)["false_reject_rate"], seed
         ),
     }
     return row
@@ -281,8 +271,10 @@ def calibration_study(
         other = scores[f"val/{cond}/called"] != route
         entry: dict[str, Any] = {"level": cond, "thresholds": {k: round(v, 5) for k, v in t.items()}}
         for rule, thr in t.items():
-            at_main = _rates(y_val, s_main, np.where(other, scores[f"val/{cond}/threshold"], thr))
-            at_range = _rates(y_v[sel], s_v[sel], thr)
+            at_main = binary_metrics(
+                y_val, s_main, np.where(other, scores[f"val/{cond}/threshold"], thr), auc=False
+            )
+            at_range = binary_metrics(y_v[sel], s_v[sel], thr, auc=False)
             entry[rule] = {
                 f"validation at {cond}": {
                     "escape_rate": _finite(at_main["escape_rate"]),
