@@ -62,17 +62,27 @@ def _to_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.to(torch.float32) * (1.0 / 255.0)
 
 
+# The defect stage's input normalisation: "fixed" (one mean and scale for every frame: engine sets
+# before 2026-12-06) or "frame" (each frame standardised by its own mean and deviation).
+NORMS = ("fixed", "frame")
+
+
 class DefectNet(nn.Module):
     """Stage 3: uint8 ``(N, 1, H, W)`` -> logits ``(N, 2)`` for (ok, defective).
 
     The frame is resized (bilinear; for 300 -> 150 that is exactly a 2x2 mean)
-    to ``input_size`` inside the graph.
+    to ``input_size`` inside the graph, then normalised (``norm``, see ``NORMS``).
     """
 
     classes = ("ok", "defective")
 
     def __init__(
-        self, width: float = 0.125, input_size: int = 150, arch: str = "vgg16", pool: str = "avg"
+        self,
+        width: float = 0.125,
+        input_size: int = 150,
+        arch: str = "vgg16",
+        pool: str = "avg",
+        norm: str = "fixed",
     ) -> None:
         from engines.architectures import InceptionV3, backbone
 
@@ -81,15 +91,25 @@ class DefectNet(nn.Module):
             raise ValueError(
                 f"inceptionv3 needs an input size of at least {InceptionV3.MIN_INPUT} px, not {input_size}"
             )
+        if norm not in NORMS:
+            raise ValueError(f"unknown input normalisation {norm!r}; valid: {', '.join(NORMS)}")
         self.input_size = input_size
         self.width = width
         self.arch = arch
         self.pool = pool
+        self.norm = norm
         self.backbone = backbone(arch, 1, 2, width, input_size, pool)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         x = _to_float(frames)
         x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.norm == "frame":
+            # Each frame to zero mean and unit deviation: a lamp that dims or brightens (a gain) or a
+            # change of contrast about the mean (an affine map) then gives the network the same input,
+            # up to clipping and rounding. The floor (0.01 of full scale) keeps a flat frame finite.
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            centred = x - mean
+            return centred * torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + 1e-4)
         return (x - 0.45) / 0.25
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ def build_model(stage: str, config: dict[str, Any]) -> nn.Module:
             input_size=config["input_size"],
             arch=config.get("arch", "vgg16"),
             pool=config.get("pool", "avg"),
+            norm=config.get("norm", "fixed"),
         )
     if stage == "denoise":
         return DenoiseAE(channels=tuple(config["channels"]))
@@ -61,6 +62,7 @@ def stage_config(stage: str, profile: Profile) -> dict[str, Any]:
             "input_size": profile.defect_size,
             "arch": profile.defect_arch,
             "pool": profile.defect_pool,
+            "norm": profile.defect_norm,
         }
     return {"channels": list(profile.ae_channels)}
 
@@ -324,7 +326,10 @@ def train_defect(
 
     - ``main``: the main schedule from scratch;
     - ``finetune`` (``defect_finetune_epochs``): from the best weights at a low
-      learning rate; it keeps them unless it does better;
+      learning rate; it keeps them unless it does better. With ``defect_finetune_norm``
+      the network's input normalisation is switched first (``engines.models.NORMS``: "frame"
+      standardises each frame, so the classifier can no longer read the exposure), and the
+      switched starting weights are the result to beat;
     - ``mining`` (``defect_mining_epochs``): hard-example mining. The current
       model scores every frame of the training set and of ``pool`` (fresh
       frames, ``defect_mining_frames`` of them from their own split), clean and
@@ -400,10 +405,15 @@ def train_defect(
     if resume is not None:
         start, ckpt = load_checkpoint(resume, "defect")
         sizes = {profile.defect_size, profile.defect_upsize or profile.defect_size}
-        got = {"arch": "vgg16", "pool": "avg", **ckpt["config"]}
-        if {**got, "input_size": config["input_size"]} != config or got["input_size"] not in sizes:
+        got = {"arch": "vgg16", "pool": "avg", "norm": "fixed", **ckpt["config"]}
+        norms = {profile.defect_norm, profile.defect_finetune_norm or profile.defect_norm}
+        if (
+            {**got, "input_size": config["input_size"], "norm": config["norm"]} != config
+            or got["input_size"] not in sizes
+            or got["norm"] not in norms
+        ):
             raise CheckpointError(f"{resume} has config {ckpt['config']}, the profile wants {config}")
-        config = {**config, "input_size": int(ckpt["config"]["input_size"])}
+        config = {**config, "input_size": int(ckpt["config"]["input_size"]), "norm": got["norm"]}
         model = _resized(start, config)
         record = dict(ckpt["info"]) if "main" in ckpt["info"] else {**ckpt["info"], "main": ckpt["info"]}
         done = _phases_done(ckpt["info"])
@@ -421,6 +431,9 @@ def train_defect(
         if name == "mining":
             rng = seed_everything(seed + 3000)
         before = None
+        if name == "finetune" and profile.defect_finetune_norm:
+            config = {**config, "norm": profile.defect_finetune_norm}
+            model = _resized(model, config)  # the same weights, read the new way
         if name == "upsize":
             rng = seed_everything(seed + 4000)
             before = (record, config, model)

@@ -418,3 +418,37 @@ def test_bm3d_is_scored_beside_ours_on_the_same_frames(tiny_engines: Path, frame
         }
         assert lv["best_baseline"] == max(margins, key=lambda k: margins[k])
         assert lv["ours_beats_best_baseline_ssim"] == (margins[lv["best_baseline"]] <= 0)
+
+
+def test_the_fine_tune_switches_to_per_frame_normalisation_and_a_resume_accepts_either(tmp_path: Path):
+    """``defect_finetune_norm``: the main phase reads frames at the fixed scale, the fine-tune standardised."""
+    from dataclasses import replace
+
+    from engines.data import load_split
+    from engines.profiles import get_profile
+    from engines.train import CheckpointError, load_checkpoint, train_defect
+
+    profile = replace(get_profile("tiny"), defect_mining_epochs=0, defect_upsize_epochs=0)
+    frame = replace(profile, defect_finetune_norm="frame")
+    train, val = load_split("synthetic", "train", 48, 3, False), load_split("synthetic", "val", 16, 3, False)
+
+    def run(p, out: str, resume: Path | None = None) -> dict:
+        return train_defect(
+            train.frames, train.labels, val.frames, val.labels, p, 6, tmp_path / out, False, resume=resume
+        )
+
+    main_only = run(replace(profile, defect_finetune_epochs=0), "main.pt")
+    assert main_only["phases"] == ["main"]
+    assert load_checkpoint(tmp_path / "main.pt", "defect")[1]["config"]["norm"] == "fixed"
+    for name, resume in (("whole.pt", None), ("resumed.pt", tmp_path / "main.pt")):
+        info = run(frame, name, resume)
+        assert info["phases"] == ["main", "finetune"]
+        # The fine-tune's first entry is the main phase's weights read the new way: the result to beat.
+        assert info["finetune_history"][0]["note"] == "starting weights"
+        model, ckpt = load_checkpoint(tmp_path / name, "defect")
+        assert ckpt["config"]["norm"] == "frame" and model.norm == "frame"
+    # A finished checkpoint resumes under the same profile (nothing left to run); a profile that
+    # never switches refuses one that was switched.
+    assert run(frame, "again.pt", tmp_path / "whole.pt")["phases"] == ["main", "finetune"]
+    with pytest.raises(CheckpointError):
+        run(profile, "refused.pt", tmp_path / "whole.pt")

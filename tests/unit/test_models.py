@@ -86,3 +86,29 @@ def test_resizing_keeps_vgg16_weights_and_refuses_an_architecture_whose_weights_
     alex = {**config, "arch": "alexnet", "input_size": 96}
     with pytest.raises(CheckpointError, match="depend on the input size"):
         _resized(DefectNet(**alex), {**alex, "input_size": 160})
+
+
+def test_frame_normalisation_cancels_gain_and_contrast_but_the_fixed_one_does_not():
+    from engines.augment import brightness, contrast
+
+    rng = np.random.default_rng(3)
+    # A frame with headroom at both ends, so neither change clips (clipping is what no normalisation undoes).
+    frame = rng.integers(60, 180, (300, 300)).astype(np.uint8)
+    variants = [
+        frame,
+        brightness(frame, 0.75),
+        brightness(frame, 1.25),
+        contrast(frame, 0.75),
+        contrast(frame, 1.25),
+    ]
+    x = torch.from_numpy(np.stack(variants)[:, None])
+    for norm, same in (("frame", True), ("fixed", False)):
+        net = DefectNet(0.0625, 64, norm=norm)
+        y = net.preprocess(x).numpy()
+        err = np.abs(y[1:] - y[:1]).max()
+        # Rounding to uint8 after the change leaves up to half a grey level of difference.
+        assert bool(err < 0.05) is same, (norm, err)
+    flat = DefectNet(0.0625, 64, norm="frame").preprocess(torch.full((1, 1, 300, 300), 77, dtype=torch.uint8))
+    assert torch.isfinite(flat).all() and float(flat.abs().max()) < 1e-4  # float rounding of the mean
+    with pytest.raises(ValueError, match="normalisation"):
+        DefectNet(0.0625, 64, norm="instance")
